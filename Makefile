@@ -1,0 +1,38 @@
+# mqtt-twisted: the two commands a newcomer needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Editable in "compat" mode: twistd sees the plugin and the code stays live (PEP 660 mode hides the plugin).
+PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q
+EDITABLE := --config-settings editable_mode=compat
+ARGS ?=
+
+.PHONY: run test install install-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) --upgrade pip setuptools wheel
+
+$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
+	$(PIP_INSTALL) -e . $(EDITABLE)
+	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(PIP_INSTALL) -e '.[test]' $(EDITABLE)
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+## make run: create .venv, install, start the broker with its defaults (tcp:1883 on 127.0.0.1)
+run: install
+	$(BIN)/twistd -n mqtt $(ARGS)
+
+## make test: install the test extra and run the whole suite
+test: install-test
+	$(BIN)/python -m pytest $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache

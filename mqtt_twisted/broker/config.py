@@ -1,0 +1,23 @@
+"""Broker-wide settings, filled from the command line by :mod:`mqtt_twisted.tap`."""
+from __future__ import annotations
+
+import attrs
+
+
+@attrs.define(frozen=True)
+class BrokerConfig:
+    """Limits and switches of one broker; names follow ``mosquitto.conf(5)``."""
+
+    max_keepalive: int = 65535
+    #: unacknowledged outgoing QoS 1/2 messages per client; 0 = no limit
+    max_inflight_messages: int = 20
+    #: queued messages per offline or slow client; 0 = no limit
+    max_queued_messages: int = 1000
+    max_packet_size: int = 2_000_000
+    max_qos: int = 2
+    retain_available: bool = True
+    allow_zero_length_clientid: bool = True
+    #: seconds a connection may stay open without sending CONNECT
+    connect_timeout: float = 10.0
+    #: seconds after which a disconnected persistent session is removed; None = never
+    persistent_client_expiration: float | None = None

@@ -1,0 +1,248 @@
+"""Incremental (sans-I/O) packet parser."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .constants import MQTT_5, PacketType, ReasonCode
+from .decode import DECODERS
+from .errors import PacketError, PacketTooLarge
+from .properties import decode_properties
+from .types import Publish
+from .wire import Reader, malformed
+
+__all__ = ["Parser"]
+
+_MAL = int(ReasonCode.MALFORMED_PACKET)
+_PROTO = int(ReasonCode.PROTOCOL_ERROR)
+T = PacketType
+
+
+def _table(allowed: set[int]) -> tuple[int, ...]:
+    """Per packet type: 0 if it may be received, else the reason code to fail with."""
+    out = []
+    for t in range(16):
+        if t in allowed:
+            out.append(0)
+        elif t == 0 or t == 15:
+            out.append(_MAL)  # reserved type (0; 15 in 3.x) [MQTT-2.2.1] / spec 2.1.2
+        else:
+            out.append(_PROTO)
+    return tuple(out)
+
+
+_CLIENT_TO_SERVER = {
+    T.CONNECT, T.PUBLISH, T.PUBACK, T.PUBREC, T.PUBREL, T.PUBCOMP,
+    T.SUBSCRIBE, T.UNSUBSCRIBE, T.PINGREQ, T.DISCONNECT,
+}  # fmt: skip
+_SERVER_TO_CLIENT = {
+    T.CONNACK, T.PUBLISH, T.PUBACK, T.PUBREC, T.PUBREL, T.PUBCOMP,
+    T.SUBACK, T.UNSUBACK, T.PINGRESP,
+}  # fmt: skip
+
+# Server side before CONNECT: only CONNECT [MQTT-3.1.0-1]; AUTH too is a
+# protocol error there, it is not merely reserved.
+_SERVER_NO_CONNECT = tuple(_MAL if t == 0 else (0 if t == T.CONNECT else _PROTO) for t in range(16))
+_SERVER_3 = _table(_CLIENT_TO_SERVER)
+_SERVER_5 = _table(_CLIENT_TO_SERVER | {T.AUTH})
+_CLIENT_3 = _table(_SERVER_TO_CLIENT)
+_CLIENT_5 = _table(_SERVER_TO_CLIENT | {T.DISCONNECT, T.AUTH})
+
+#: Required fixed-header flag nibble per type (PUBLISH is checked separately).
+_FLAGS = tuple(2 if t in (T.PUBREL, T.SUBSCRIBE, T.UNSUBSCRIBE) else 0 for t in range(16))
+
+
+class Parser:
+    """Incremental MQTT packet parser.
+
+    Server side by default (decodes what a client may send); with
+    ``client_side=True`` it decodes server-to-client packets and needs
+    ``protocol_level``. After it raises, the parser stays failed.
+    """
+
+    __slots__ = (
+        "protocol_level",
+        "max_packet_size",
+        "client_side",
+        "_buf",
+        "_pos",
+        "_need",
+        "_hl",
+        "_error",
+        "_tlevel",
+        "_types",
+    )
+
+    def __init__(
+        self,
+        protocol_level: int | None = None,
+        max_packet_size: int | None = None,
+        client_side: bool = False,
+    ) -> None:
+        if client_side and protocol_level is None:
+            raise ValueError("a client-side Parser needs a protocol_level")
+        self.protocol_level = protocol_level
+        self.max_packet_size = max_packet_size
+        self.client_side = client_side
+        self._buf: bytes | bytearray = b""
+        self._pos = 0
+        self._need = 0  # total size of the packet at _pos once its header was validated
+        self._hl = 0  # its fixed header length
+        self._error: PacketError | None = None
+        self._tlevel: Any = object()  # protocol level _types was computed for
+        self._types: tuple[int, ...] = ()
+
+    def feed(self, data: bytes) -> None:
+        """Append received bytes (any chunking)."""
+        if not data or self._error is not None:
+            return
+        buf = self._buf
+        pos = self._pos
+        if pos >= len(buf):
+            # Everything consumed: adopt the chunk itself, no copy.
+            self._buf = data if data.__class__ is bytes else bytes(data)
+            self._pos = 0
+        elif buf.__class__ is bytes:
+            nb = bytearray(memoryview(buf)[pos:])
+            nb += data
+            self._buf = nb
+            self._pos = 0
+        else:
+            # A bytearray only ever holds an incomplete packet from offset 0.
+            buf += data  # type: ignore[operator]
+
+    def _type_table(self) -> tuple[int, ...]:
+        level = self.protocol_level
+        self._tlevel = level
+        if self.client_side:
+            table = _CLIENT_5 if level == MQTT_5 else _CLIENT_3
+        elif level is None:
+            table = _SERVER_NO_CONNECT
+        else:
+            table = _SERVER_5 if level == MQTT_5 else _SERVER_3
+        self._types = table
+        return table
+
+    def next_packet(self) -> Any:
+        """Return the next complete packet, or None; raises PacketError on a bad one."""
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next()
+        except PacketError as e:
+            self._error = e
+            raise
+        except (IndexError, ValueError) as e:  # defensive: never leak other errors
+            self._error = PacketError(f"internal: {e!r}", _MAL)
+            raise self._error from e
+
+    def _next(self) -> Any:
+        buf = self._buf
+        pos = self._pos
+        avail = len(buf) - pos
+        need = self._need
+        if need:
+            if avail < need:
+                return None
+            total = need
+            hl = self._hl
+            self._need = 0
+            b0 = buf[pos]
+        else:
+            if avail < 1:
+                return None
+            b0 = buf[pos]
+            ptype = b0 >> 4
+            types = self._types if self._tlevel == self.protocol_level else self._type_table()
+            err = types[ptype]
+            if err:
+                if err == _PROTO:
+                    raise PacketError(f"unexpected packet type {ptype}", err)
+                raise PacketError(f"reserved packet type {ptype}", err)
+            if ptype == 3:
+                qos = b0 & 0x06
+                if qos == 0x06:
+                    raise malformed("PUBLISH QoS 3")  # [MQTT-3.3.1-4]
+                if not qos and b0 & 0x08:
+                    raise malformed("PUBLISH QoS 0 with DUP set")  # [MQTT-3.3.1-2]
+            elif b0 & 0x0F != _FLAGS[ptype]:
+                raise malformed("invalid fixed header flags")  # [MQTT-2.2.2-1/2]
+            if avail < 2:
+                return None
+            # Remaining length: variable byte integer of at most 4 bytes [MQTT-1.5.5-1].
+            b = buf[pos + 1]
+            if b < 0x80:
+                rl = b
+                hl = 2
+            else:
+                rl = b & 0x7F
+                i = pos + 2
+                shift = 7
+                n = len(buf)
+                while True:
+                    if i >= n:
+                        return None
+                    b = buf[i]
+                    i += 1
+                    rl |= (b & 0x7F) << shift
+                    if not b & 0x80:
+                        break
+                    if i - pos >= 5:
+                        raise malformed("remaining length longer than 4 bytes")  # spec 2.1.4
+                    shift += 7
+                hl = i - pos
+            total = hl + rl
+            limit = self.max_packet_size
+            if limit is not None and total > limit:
+                raise PacketTooLarge(f"packet of {total} bytes exceeds the maximum of {limit}")
+            if avail < total:
+                self._need = total
+                self._hl = hl
+                return None
+        if buf.__class__ is not bytes:
+            # A complete packet is buffered: freeze once so slices are bytes.
+            buf = self._buf = bytes(buf)
+        start = pos + hl
+        end = pos + total
+        self._pos = end
+        if b0 >> 4 != 3:
+            pkt = DECODERS[b0 >> 4](buf, start, end, b0, self.protocol_level)  # type: ignore[arg-type]
+            if b0 >> 4 == 1 and not self.client_side:
+                self.protocol_level = pkt.protocol_level
+            return pkt
+
+        # PUBLISH fast path (spec 3.3).
+        if end - start < 2:
+            raise malformed("PUBLISH truncated")
+        p = start + 2 + ((buf[start] << 8) | buf[start + 1])
+        if p > end:
+            raise malformed("PUBLISH topic exceeds the packet")
+        try:
+            topic = buf[start + 2 : p].decode("utf-8")  # type: ignore[union-attr]
+        except UnicodeDecodeError:
+            raise malformed("invalid UTF-8 topic name") from None  # [MQTT-1.5.3-1]
+        if "\x00" in topic:
+            raise malformed("topic name contains U+0000")  # [MQTT-1.5.3-2]
+        qos = (b0 >> 1) & 3
+        if qos:
+            if p + 2 > end:
+                raise malformed("PUBLISH truncated")
+            pid: int | None = (buf[p] << 8) | buf[p + 1]
+            if not pid:
+                raise malformed("packet identifier 0")  # [MQTT-2.3.1-1]
+            p += 2
+        else:
+            pid = None
+        if self.protocol_level == MQTT_5:
+            if p >= end:
+                raise malformed("PUBLISH property length missing")
+            if buf[p]:
+                r = Reader(buf, p, end)  # type: ignore[arg-type]
+                props = decode_properties(r, 3)
+                p = r.pos
+            else:
+                props = {}
+                p += 1
+        else:
+            props = {}
+        return Publish(topic, buf[p:end], qos, bool(b0 & 1), bool(b0 & 8), pid, props)

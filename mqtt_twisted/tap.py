@@ -1,0 +1,187 @@
+"""``twistd mqtt``: command-line options and the service that wires listeners to one broker."""
+from __future__ import annotations
+
+import re
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+
+from mqtt_twisted import __version__
+from mqtt_twisted.broker import Broker, BrokerConfig
+from mqtt_twisted.protocol import MQTTFactory
+
+log = Logger()
+
+DEFAULT_MQTT_LISTENER = "tcp:1883:interface=127.0.0.1"
+
+#: Mosquitto's duration units (``persistent_client_expiration``), plus seconds
+DURATION_UNITS = {"s": 1, "h": 3600, "d": 86400, "w": 7 * 86400, "m": 30 * 86400, "y": 365 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``"2h"`` -> 7200.0; units as in mosquitto.conf: h, d, w, m (30 days), y (365 days), and s."""
+    match = re.fullmatch(r"\s*(\d+)\s*([shdwmy])\s*", text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration like 2h, 14d, 1w, 1m, 1y or 30s")
+    number, unit = match.groups()
+    if int(number) <= 0:
+        raise ValueError(f"{text!r}: a duration must be positive")
+    return float(int(number) * DURATION_UNITS[unit])
+
+
+def yes_no(text: str) -> bool:
+    """Parse ``yes``/``no`` (also true/false, on/off, 1/0)."""
+    value = text.strip().lower()
+    if value in ("yes", "true", "on", "1"):
+        return True
+    if value in ("no", "false", "off", "0"):
+        return False
+    raise ValueError(f"expected yes or no, not {text!r}")
+
+
+def _bounded_int(low: int, high: int | None = None):
+    def coerce(text: str) -> int:
+        value = int(text)
+        if value < low or (high is not None and value > high):
+            upper = "" if high is None else f" and {high}"
+            raise ValueError(f"{value} is not between {low}{upper}")
+        return value
+
+    coerce.coerceDoc = f"(an integer >= {low}" + (")" if high is None else f", <= {high})")
+    return coerce
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError(f"{text} must be positive")
+    return value
+
+
+class Options(usage.Options):
+    """Options of ``twistd mqtt``; names follow mosquitto.conf where one exists."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Run the mqtt-twisted MQTT broker. Every option has a default, so "
+        "`twistd -n mqtt` serves MQTT on tcp:1883 on 127.0.0.1."
+    )
+    optParameters = [
+        ["max-keepalive", None, 65535,
+         "Largest keep alive (seconds) a client may ask for; 3.1/3.1.1 clients asking more are refused.",
+         _bounded_int(0, 65535)],
+        ["max-inflight-messages", None, 20,
+         "Unacknowledged QoS 1/2 messages per client (0 = no limit).", _bounded_int(0, 65535)],
+        ["max-queued-messages", None, 1000,
+         "Messages queued per offline or slow client (0 = no limit).", _bounded_int(0)],
+        ["max-packet-size", None, 2_000_000,
+         "Largest packet (bytes) a client may send.", _bounded_int(20, 268_435_460)],
+        ["max-qos", None, 2, "Highest QoS granted and accepted.", _bounded_int(0, 2)],
+        ["retain-available", None, "yes", "yes|no: whether retained messages are supported.", yes_no],
+        ["allow-zero-length-clientid", None, "yes",
+         "yes|no: whether clients may connect with an empty client id.", yes_no],
+        ["connect-timeout", None, 10.0,
+         "Seconds a connection may stay open without sending CONNECT.", _positive_float],
+        ["persistent-client-expiration", None, None,
+         "Remove persistent sessions of clients away this long (e.g. 2h, 14d, 1w, 1m, 1y; "
+         "off by default).", parse_duration],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["mqtt"] = []
+
+    def opt_mqtt(self, endpoint: str) -> None:
+        """Listener for MQTT over a stream: a Twisted server endpoint string, repeatable (default tcp:1883:interface=127.0.0.1)."""
+        self["mqtt"].append(endpoint)
+
+    def opt_version(self) -> None:
+        """Print the version and exit."""
+        print(f"mqtt-twisted {__version__}")
+        raise SystemExit(0)
+
+    def postOptions(self) -> None:
+        for key in ("retain-available", "allow-zero-length-clientid"):
+            if isinstance(self[key], str):  # the default, given as text for --help
+                self[key] = yes_no(self[key])
+        if not self["mqtt"]:
+            self["mqtt"] = [DEFAULT_MQTT_LISTENER]
+        for description in self["mqtt"]:
+            try:
+                serverFromString(None, description)
+            except Exception as error:  # any parse failure becomes one line of usage error
+                raise usage.UsageError(f"bad --mqtt endpoint {description!r}: {error}") from None
+
+    def broker_config(self) -> BrokerConfig:
+        """The :class:`BrokerConfig` these options describe."""
+        return BrokerConfig(
+            max_keepalive=self["max-keepalive"],
+            max_inflight_messages=self["max-inflight-messages"],
+            max_queued_messages=self["max-queued-messages"],
+            max_packet_size=self["max-packet-size"],
+            max_qos=self["max-qos"],
+            retain_available=self["retain-available"],
+            allow_zero_length_clientid=self["allow-zero-length-clientid"],
+            connect_timeout=self["connect-timeout"],
+            persistent_client_expiration=self["persistent-client-expiration"],
+        )
+
+
+class ListenerService(Service):
+    """Listens on one endpoint string and logs where; a failure to listen stops the broker."""
+
+    def __init__(self, reactor, description: str, factory) -> None:
+        self.reactor = reactor
+        self.description = description
+        self.factory = factory
+        self.port = None
+
+    def startService(self) -> None:
+        super().startService()
+        endpoint = serverFromString(self.reactor, self.description)
+        endpoint.listen(self.factory).addCallbacks(self._listening, self._failed)
+
+    def _listening(self, port) -> None:
+        self.port = port
+        address = port.getHost()
+        log.info(
+            "MQTT listener {description} listening on {host}:{port}",
+            description=self.description,
+            host=getattr(address, "host", address),
+            port=getattr(address, "port", ""),
+        )
+
+    def _failed(self, failure) -> None:
+        log.critical(
+            "cannot listen on {description}: {error}",
+            description=self.description,
+            error=failure.getErrorMessage(),
+        )
+        if self.reactor.running:
+            self.reactor.stop()
+        else:
+            self.reactor.callWhenRunning(self.reactor.stop)
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
+def makeService(options: Options, reactor=None) -> MultiService:
+    """One broker, one listener service per ``--mqtt`` endpoint."""
+    if reactor is None:
+        from twisted.internet import reactor
+    broker = Broker(reactor, options.broker_config())
+    service = MultiService()
+    service.broker = broker
+    for description in options["mqtt"]:
+        ListenerService(reactor, description, MQTTFactory(broker, description)).setServiceParent(
+            service
+        )
+    log.info("mqtt-twisted {version} starting", version=__version__)
+    return service
