@@ -130,18 +130,34 @@ class Options(usage.Options):
 
 
 class ListenerService(Service):
-    """Listens on one endpoint string and logs where; a failure to listen stops the broker."""
+    """Listens on one endpoint string and logs where.
+
+    It binds in ``privilegedStartService`` (before twistd drops privileges); a listener
+    that cannot bind ends start-up with one log line and exit status 1.
+    """
 
     def __init__(self, reactor, description: str, factory) -> None:
         self.reactor = reactor
         self.description = description
         self.factory = factory
         self.port = None
+        self._listening_deferred = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        endpoint = serverFromString(self.reactor, self.description)
+        failures = []
+        self._listening_deferred = endpoint.listen(self.factory)
+        self._listening_deferred.addCallbacks(self._listening, failures.append)
+        if failures:  # failed at once (port in use, bad address): stop before the reactor runs
+            self._log_failure(failures[0])
+            raise SystemExit(1)
+        self._listening_deferred.addErrback(self._failed)
 
     def startService(self) -> None:
+        if self._listening_deferred is None:
+            self.privilegedStartService()
         super().startService()
-        endpoint = serverFromString(self.reactor, self.description)
-        endpoint.listen(self.factory).addCallbacks(self._listening, self._failed)
 
     def _listening(self, port) -> None:
         self.port = port
@@ -153,12 +169,15 @@ class ListenerService(Service):
             port=getattr(address, "port", ""),
         )
 
-    def _failed(self, failure) -> None:
+    def _log_failure(self, failure) -> None:
         log.critical(
             "cannot listen on {description}: {error}",
             description=self.description,
             error=failure.getErrorMessage(),
         )
+
+    def _failed(self, failure) -> None:
+        self._log_failure(failure)
         if self.reactor.running:
             self.reactor.stop()
         else:

@@ -170,3 +170,74 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+# -- byte-level helpers for RawClient tests ----------------------------------------------
+
+
+def connect_bytes(
+    client_id: str = "raw",
+    clean_session: bool = True,
+    keep_alive: int = 60,
+    will=None,
+    protocol_level: int = 4,
+    username: str | None = None,
+    password: bytes | None = None,
+) -> bytes:
+    """A valid CONNECT (``will`` is a ``mqtt_twisted.packets.Will``); level 3 uses "MQIsdp"."""
+    from mqtt_twisted.packets import Connect, encode
+
+    name = "MQIsdp" if protocol_level == 3 else "MQTT"
+    packet = Connect(client_id, protocol_level, name, clean_session, keep_alive,
+                     username, password, will)
+    return encode(packet, protocol_level)
+
+
+def subscribe_bytes(topic_filter: str, qos: int = 0, packet_id: int = 1) -> bytes:
+    """A valid MQTT 3.1.1 SUBSCRIBE with one filter."""
+    from mqtt_twisted.packets import Subscribe, SubscriptionRequest, encode
+
+    return encode(Subscribe(packet_id, [SubscriptionRequest(topic_filter, qos)]), 4)
+
+
+async def read_packet(client: RawClient, timeout: float = TIMEOUT) -> bytes:
+    """One whole packet (fixed header included) from ``client``; b"" if the connection closed."""
+    head = await client.read(2, timeout)
+    if len(head) < 2:
+        return head
+    length, shift, header = head[1] & 0x7F, 7, head
+    while header[-1] & 0x80:
+        more = await client.read(1, timeout)
+        if not more:
+            return header
+        header += more
+        length |= (more[0] & 0x7F) << shift
+        shift += 7
+    return header + (await client.read(length, timeout) if length else b"")
+
+
+def parse_publish(packet: bytes) -> tuple[int, str, int | None, bytes]:
+    """(first byte, topic, packet id or None, payload) of a PUBLISH read by :func:`read_packet`."""
+    index = 1
+    while packet[index] & 0x80:
+        index += 1
+    index += 1
+    topic_length = int.from_bytes(packet[index:index + 2], "big")
+    topic = packet[index + 2:index + 2 + topic_length].decode()
+    index += 2 + topic_length
+    packet_id = None
+    if packet[0] & 0x06:
+        packet_id = int.from_bytes(packet[index:index + 2], "big")
+        index += 2
+    return packet[0], topic, packet_id, packet[index:]
+
+
+def no_reconnect(client: Paho) -> None:
+    """Make ``client``'s network loop end, not reconnect, when the broker closes it."""
+    record = client.client.on_disconnect
+
+    def on_disconnect(cl, userdata, flags, rc, props) -> None:
+        cl.disconnect()  # DISCONNECTING state: loop_forever returns instead of reconnecting
+        record(cl, userdata, flags, rc, props)
+
+    client.client.on_disconnect = on_disconnect

@@ -1,0 +1,167 @@
+"""The broker core and the protocol class driven without sockets: StringTransport + task.Clock."""
+from __future__ import annotations
+
+from mqtt_twisted.broker import message as message_module
+from mqtt_twisted.packets import (
+    ConnAck,
+    Connect,
+    Disconnect,
+    PingReq,
+    PingResp,
+    PubAck,
+    Publish,
+    Subscribe,
+    SubscriptionRequest,
+    Will,
+)
+
+from .harness import FakeClient, connected, make_broker
+
+
+def subscribe(client, topic_filter, qos=0, packet_id=1):
+    client.send(Subscribe(packet_id, [SubscriptionRequest(topic_filter, qos)]))
+    return client.received()
+
+
+def test_keep_alive_expiry_closes_and_publishes_will():
+    """Silent for 1.5 x keep alive: disconnected, will published [MQTT-3.1.2-24], [MQTT-3.1.2-8]."""
+    broker, clock = make_broker()
+    watcher = connected(broker, "watcher")
+    subscribe(watcher, "wills/#")
+    client = connected(broker, "sleepy", keep_alive=10, will=Will("wills/sleepy", b"gone", 1))
+    clock.advance(14.9)
+    assert not client.closed
+    client.send(PingReq())  # activity resets the deadline
+    assert client.received() == [PingResp()]
+    clock.advance(14.9)
+    assert not client.closed
+    clock.advance(0.2)
+    assert client.closed
+    (will,) = watcher.received()
+    assert (will.topic, will.payload, will.qos) == ("wills/sleepy", b"gone", 0)  # min(1, sub 0)
+
+
+def test_connect_timeout_closes_silent_connection():
+    broker, clock = make_broker(connect_timeout=3)
+    client = FakeClient(broker)
+    clock.advance(2.9)
+    assert not client.closed
+    clock.advance(0.2)
+    assert client.closed
+    assert client.received() == []
+
+
+def test_takeover_closes_old_connection_and_publishes_its_will():
+    """A second CONNECT with the same client id takes the session over [MQTT-3.1.4-2]."""
+    broker, clock = make_broker()
+    watcher = connected(broker, "watcher")
+    subscribe(watcher, "w")
+    first = connected(broker, "dev", will=Will("w", b"first gone"))
+    second = FakeClient(broker)
+    second.send(Connect("dev", clean_start=True))
+    assert first.closed
+    assert second.received() == [ConnAck(False, 0)]
+    assert [p.payload for p in watcher.received()] == [b"first gone"]
+    first.lose()  # the old socket's connectionLost comes later: it must not detach the new one
+    assert broker.sessions["dev"].connection is second.protocol
+    assert [p.payload for p in watcher.received()] == []
+
+
+def test_clean_disconnect_discards_will():
+    """[MQTT-3.14.4-3]"""
+    broker, clock = make_broker()
+    watcher = connected(broker, "watcher")
+    subscribe(watcher, "w")
+    client = connected(broker, "c", will=Will("w", b"x"))
+    client.send(Disconnect())
+    assert client.closed
+    client.lose()
+    assert watcher.received() == []
+
+
+def test_persistent_session_expires_after_configured_time():
+    broker, clock = make_broker(persistent_client_expiration=3600)
+    client = connected(broker, "p", clean_start=False)
+    subscribe(client, "t", qos=1)
+    client.lose()
+    assert "p" in broker.sessions
+    clock.advance(3599)
+    assert "p" in broker.sessions
+    clock.advance(2)
+    assert "p" not in broker.sessions
+    assert len(broker.subscriptions) == 0
+    assert broker.stats.clients_expired == 1
+
+
+def test_reconnect_cancels_expiry():
+    broker, clock = make_broker(persistent_client_expiration=60)
+    client = connected(broker, "p", clean_start=False)
+    client.lose()
+    clock.advance(30)
+    again = FakeClient(broker)
+    again.send(Connect("p", clean_start=False))
+    assert again.received() == [ConnAck(True, 0)]
+    clock.advance(120)
+    assert "p" in broker.sessions
+
+
+def test_slow_reader_queue_is_bounded_and_drains_in_order():
+    """A paused transport (buffer full) queues QoS 0 up to max_queued_messages, drops the rest."""
+    broker, clock = make_broker(max_queued_messages=5)
+    reader = connected(broker, "reader")
+    subscribe(reader, "t")
+    publisher = connected(broker, "pub")
+    reader.protocol.pauseProducing()
+    for i in range(8):
+        publisher.send(Publish("t", b"%d" % i))
+    assert reader.received() == []
+    assert len(broker.sessions["reader"].queue) == 5
+    assert broker.stats.publish_dropped == 3
+    reader.protocol.resumeProducing()
+    assert [p.payload for p in reader.received()] == [b"0", b"1", b"2", b"3", b"4"]
+
+
+def test_inflight_window_then_queue_in_order():
+    broker, clock = make_broker(max_inflight_messages=2)
+    reader = connected(broker, "reader")
+    subscribe(reader, "t", qos=1)
+    publisher = connected(broker, "pub")
+    for i in range(5):
+        publisher.send(Publish("t", b"%d" % i, qos=1, packet_id=i + 1))
+    first = reader.received()
+    assert [p.payload for p in first] == [b"0", b"1"]
+    assert len({p.packet_id for p in first}) == 2
+    reader.send(PubAck(first[0].packet_id))
+    (third,) = reader.received()
+    assert third.payload == b"2"
+    assert third.packet_id not in (first[1].packet_id,)  # never reuse an id in flight
+
+
+def test_fan_out_encodes_once_per_variant(monkeypatch):
+    """A message for many subscribers is encoded once per (QoS, retain) variant, not per subscriber."""
+    calls = []
+    real = message_module.encode_publish_parts
+
+    def counting(*args):
+        calls.append(args[2:4])
+        return real(*args)
+
+    monkeypatch.setattr(message_module, "encode_publish_parts", counting)
+    broker, clock = make_broker()
+    readers = [connected(broker, f"r{i}") for i in range(50)]
+    for i, reader in enumerate(readers):
+        subscribe(reader, "fan/out", qos=i % 2)
+    publisher = connected(broker, "pub")
+    publisher.send(Publish("fan/out", b"payload", qos=1, packet_id=1))
+    assert sorted(calls) == [(0, False), (1, False)]
+    for reader in readers:
+        (packet,) = reader.received()
+        assert packet.payload == b"payload"
+
+
+def test_mqtt31_connect_uses_mqisdp():
+    broker, clock = make_broker()
+    client = connected(broker, "old-client", level=3)
+    subscribe(client, "a")
+    client.send(Publish("a", b"hi"))
+    assert [p.payload for p in client.received()] == [b"hi"]
