@@ -33,6 +33,7 @@ from mqtt_twisted.packets import (
     UnsupportedProtocolVersion,
     encode,
 )
+from mqtt_twisted.tls import peer_common_name
 from mqtt_twisted.topics import validate_topic_name
 
 log = Logger()
@@ -60,9 +61,14 @@ class Refused(Exception):
 class MQTTProtocol(Protocol):
     """One client connection. The transport's flow control pauses delivery to slow readers."""
 
-    def __init__(self, broker: Broker, listener: str = "") -> None:
+    def __init__(
+        self, broker: Broker, listener: str = "", use_identity_as_username: bool = False
+    ) -> None:
         self.broker = broker
         self.listener = listener
+        #: take the username from the TLS client certificate's CN (Mosquitto's option)
+        self.use_identity_as_username = use_identity_as_username
+        self.username: str | None = None
         self.protocol_level = 4
         self.paused = False
         self.session: Session | None = None
@@ -235,6 +241,14 @@ class MQTTProtocol(Protocol):
             return
         broker = self.broker
         config = broker.config
+        self.username = connect.username
+        if self.use_identity_as_username:
+            self.username = peer_common_name(self.transport)
+            if self.username is None:
+                self._refuse(Refused("no client certificate to take the username from",
+                                     ConnackCode.NOT_AUTHORIZED, ReasonCode.NOT_AUTHORIZED),
+                             self.protocol_level)
+                return
         session, present = broker.open_session(client_id, connect.clean_start, self)
         self.session = session
         self.will = connect.will
@@ -258,7 +272,7 @@ class MQTTProtocol(Protocol):
             listener=self.listener,
             clean=connect.clean_start,
             keep_alive=self.keep_alive,
-            username=connect.username,
+            username=self.username,
         )
         session.attach(self)
 
@@ -430,11 +444,14 @@ class MQTTFactory(Factory):
 
     noisy = False
 
-    def __init__(self, broker: Broker, listener: str = "") -> None:
+    def __init__(
+        self, broker: Broker, listener: str = "", use_identity_as_username: bool = False
+    ) -> None:
         self.broker = broker
         self.listener = listener
+        self.use_identity_as_username = use_identity_as_username
 
     def buildProtocol(self, addr) -> MQTTProtocol:
-        protocol = MQTTProtocol(self.broker, self.listener)
+        protocol = MQTTProtocol(self.broker, self.listener, self.use_identity_as_username)
         protocol.factory = self
         return protocol

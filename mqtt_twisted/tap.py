@@ -4,17 +4,18 @@ from __future__ import annotations
 import re
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
 from mqtt_twisted import __version__
 from mqtt_twisted.broker import Broker, BrokerConfig
 from mqtt_twisted.protocol import MQTTFactory
+from mqtt_twisted.tls import TLSConfigError, TLSSettings, is_tls, server_endpoint
 
 log = Logger()
 
 DEFAULT_MQTT_LISTENER = "tcp:1883:interface=127.0.0.1"
+DEFAULT_HTTP_LISTENER = "tcp:8080:interface=127.0.0.1"
 
 #: Mosquitto's duration units (``persistent_client_expiration``), plus seconds
 DURATION_UNITS = {"s": 1, "h": 3600, "d": 86400, "w": 7 * 86400, "m": 30 * 86400, "y": 365 * 86400}
@@ -89,9 +90,30 @@ class Options(usage.Options):
          "off by default).", parse_duration],
     ]
 
+    optFlags = [
+        ["require-certificate", None,
+         "TLS listeners refuse clients without a valid certificate (needs --cafile)."],
+        ["use-identity-as-username", None,
+         "On TLS listeners the client certificate's subject CN is the MQTT username."],
+    ]
+
     def __init__(self) -> None:
         super().__init__()
         self["mqtt"] = []
+        self["http"] = []
+        self["ws-origin"] = []
+
+    def opt_http(self, endpoint: str) -> None:
+        """HTTP listener (MQTT over WebSocket at /mqtt, the dashboard at /): an endpoint string, repeatable; ssl:... gives HTTPS/WSS; "none" for no HTTP listener (default tcp:8080:interface=127.0.0.1)."""
+        self["http"].append(endpoint)
+
+    def opt_ws_origin(self, origin: str) -> None:
+        """Allowed Origin for browser WebSocket handshakes, repeatable (default: any)."""
+        self["ws-origin"].append(origin)
+
+    def opt_cafile(self, path: str) -> None:
+        """PEM file of the CAs that client certificates on TLS listeners must chain to."""
+        self["cafile"] = path
 
     def opt_mqtt(self, endpoint: str) -> None:
         """Listener for MQTT over a stream: a Twisted server endpoint string, repeatable (default tcp:1883:interface=127.0.0.1)."""
@@ -108,11 +130,32 @@ class Options(usage.Options):
                 self[key] = yes_no(self[key])
         if not self["mqtt"]:
             self["mqtt"] = [DEFAULT_MQTT_LISTENER]
-        for description in self["mqtt"]:
-            try:
-                serverFromString(None, description)
-            except Exception as error:  # any parse failure becomes one line of usage error
-                raise usage.UsageError(f"bad --mqtt endpoint {description!r}: {error}") from None
+        if not self["http"]:
+            self["http"] = [DEFAULT_HTTP_LISTENER]
+        self["http"] = [d for d in self["http"] if d.lower() != "none"]
+        self.setdefault("cafile", None)
+        settings = self.tls_settings()
+        for option in ("mqtt", "http"):
+            for description in self[option]:
+                try:  # builds TLS options now: bad certificate files fail here, in one line
+                    server_endpoint(None, description, settings)
+                except TLSConfigError as error:
+                    raise usage.UsageError(f"--{option} {description}: {error}") from None
+                except Exception as error:
+                    raise usage.UsageError(
+                        f"bad --{option} endpoint {description!r}: {error}"
+                    ) from None
+
+    def tls_settings(self) -> TLSSettings:
+        """Client-certificate settings for every TLS listener."""
+        try:
+            return TLSSettings(
+                cafile=self["cafile"],
+                require_certificate=bool(self["require-certificate"]),
+                use_identity_as_username=bool(self["use-identity-as-username"]),
+            )
+        except KeyError as error:
+            raise usage.UsageError(f"missing option {error}") from None
 
     def broker_config(self) -> BrokerConfig:
         """The :class:`BrokerConfig` these options describe."""
@@ -136,18 +179,18 @@ class ListenerService(Service):
     that cannot bind ends start-up with one log line and exit status 1.
     """
 
-    def __init__(self, reactor, description: str, factory) -> None:
+    def __init__(self, reactor, description: str, factory, endpoint) -> None:
         self.reactor = reactor
         self.description = description
         self.factory = factory
+        self.endpoint = endpoint
         self.port = None
         self._listening_deferred = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        endpoint = serverFromString(self.reactor, self.description)
         failures = []
-        self._listening_deferred = endpoint.listen(self.factory)
+        self._listening_deferred = self.endpoint.listen(self.factory)
         self._listening_deferred.addCallbacks(self._listening, failures.append)
         if failures:  # failed at once (port in use, bad address): stop before the reactor runs
             self._log_failure(failures[0])
@@ -163,7 +206,7 @@ class ListenerService(Service):
         self.port = port
         address = port.getHost()
         log.info(
-            "MQTT listener {description} listening on {host}:{port}",
+            "listener {description} listening on {host}:{port}",
             description=self.description,
             host=getattr(address, "host", address),
             port=getattr(address, "port", ""),
@@ -192,15 +235,24 @@ class ListenerService(Service):
 
 
 def makeService(options: Options, reactor=None) -> MultiService:
-    """One broker, one listener service per ``--mqtt`` endpoint."""
+    """One broker; one listener service per ``--mqtt`` and ``--http`` endpoint."""
+    from mqtt_twisted.web import build_site  # autobahn is imported only when a service is made
+
     if reactor is None:
         from twisted.internet import reactor
     broker = Broker(reactor, options.broker_config())
+    settings = options.tls_settings()
     service = MultiService()
     service.broker = broker
     for description in options["mqtt"]:
-        ListenerService(reactor, description, MQTTFactory(broker, description)).setServiceParent(
-            service
-        )
+        identity = settings.use_identity_as_username and is_tls(description)
+        factory = MQTTFactory(broker, description, identity)
+        endpoint = server_endpoint(reactor, description, settings)
+        ListenerService(reactor, description, factory, endpoint).setServiceParent(service)
+    for description in options["http"]:
+        identity = settings.use_identity_as_username and is_tls(description)
+        site = build_site(broker, description, options["ws-origin"], identity)
+        endpoint = server_endpoint(reactor, description, settings)
+        ListenerService(reactor, description, site, endpoint).setServiceParent(service)
     log.info("mqtt-twisted {version} starting", version=__version__)
     return service

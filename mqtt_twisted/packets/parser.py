@@ -48,8 +48,22 @@ _SERVER_5 = _table(_CLIENT_TO_SERVER | {T.AUTH})
 _CLIENT_3 = _table(_SERVER_TO_CLIENT)
 _CLIENT_5 = _table(_SERVER_TO_CLIENT | {T.DISCONNECT, T.AUTH})
 
-#: Required fixed-header flag nibble per type (PUBLISH is checked separately).
-_FLAGS = tuple(2 if t in (T.PUBREL, T.SUBSCRIBE, T.UNSUBSCRIBE) else 0 for t in range(16))
+
+
+def _bad_flags(b0: int) -> bool:
+    """Whether a first byte's flag nibble is invalid for its packet type."""
+    ptype = b0 >> 4
+    flags = b0 & 0x0F
+    if ptype == T.PUBLISH:
+        qos = (flags >> 1) & 3
+        return qos == 3 or (qos == 0 and bool(flags & 0x08))  # [MQTT-3.3.1-4], [MQTT-3.3.1-2]
+    if ptype in (T.PUBREL, T.SUBSCRIBE, T.UNSUBSCRIBE):
+        return flags != 0x02  # [MQTT-3.6.1-1], [MQTT-3.8.1-1], [MQTT-3.10.1-1]
+    return flags != 0  # [MQTT-2.2.2-1/2]
+
+
+#: _BAD_FLAGS[first byte] is True when its fixed header flags are invalid.
+_BAD_FLAGS = tuple(_bad_flags(b) for b in range(256))
 
 
 class Parser:
@@ -123,126 +137,129 @@ class Parser:
         self._types = table
         return table
 
+    def _type_error(self, b0: int) -> PacketError:
+        """The error for a first byte whose type/flags are invalid, or None."""
+        ptype = b0 >> 4
+        err = self._types[ptype]
+        if err == _PROTO:
+            return PacketError(f"unexpected packet type {ptype}", err)
+        if err:
+            return malformed(f"reserved packet type {ptype}")  # spec 2.1.2
+        if ptype == 3:
+            if b0 & 0x06 == 0x06:
+                return malformed("PUBLISH QoS 3")  # [MQTT-3.3.1-4]
+            return malformed("PUBLISH QoS 0 with DUP set")  # [MQTT-3.3.1-2]
+        return malformed("invalid fixed header flags")  # [MQTT-2.2.2-1/2]
+
     def next_packet(self) -> Any:
         """Return the next complete packet, or None; raises PacketError on a bad one."""
         if self._error is not None:
             raise self._error
+        buf = self._buf
+        pos = self._pos
+        level = self.protocol_level
         try:
-            return self._next()
+            need = self._need
+            if need:
+                if len(buf) - pos < need:
+                    return None
+                total = need
+                hl = self._hl
+                self._need = 0
+                b0 = buf[pos]
+            else:
+                avail = len(buf) - pos
+                if avail < 1:
+                    return None
+                b0 = buf[pos]
+                if level != self._tlevel:
+                    self._type_table()
+                # Packet type allowed here, fixed header flags valid [MQTT-2.2.2-1/2]:
+                if self._types[b0 >> 4] or _BAD_FLAGS[b0]:
+                    raise self._type_error(b0)
+                if avail < 2:
+                    return None
+                # Remaining length: variable byte integer of at most 4 bytes [MQTT-1.5.5-1].
+                b = buf[pos + 1]
+                if b < 0x80:
+                    total = b + 2
+                    hl = 2
+                else:
+                    rl = b & 0x7F
+                    i = pos + 2
+                    shift = 7
+                    n = len(buf)
+                    while True:
+                        if i >= n:
+                            return None
+                        b = buf[i]
+                        i += 1
+                        rl |= (b & 0x7F) << shift
+                        if not b & 0x80:
+                            break
+                        if i - pos >= 5:
+                            raise malformed("remaining length longer than 4 bytes")  # 2.1.4
+                        shift += 7
+                    hl = i - pos
+                    total = hl + rl
+                limit = self.max_packet_size
+                if limit is not None and total > limit:
+                    raise PacketTooLarge(f"packet of {total} bytes exceeds the maximum of {limit}")
+                if avail < total:
+                    self._need = total
+                    self._hl = hl
+                    return None
+            if buf.__class__ is not bytes:
+                # A complete packet is buffered: freeze once so slices are bytes.
+                buf = self._buf = bytes(buf)
+            start = pos + hl
+            end = pos + total
+            self._pos = end
+            if b0 & 0xF0 != 0x30:
+                pkt = DECODERS[b0 >> 4](buf, start, end, b0, level)  # type: ignore[arg-type]
+                if b0 >> 4 == 1 and not self.client_side:
+                    self.protocol_level = pkt.protocol_level
+                return pkt
+
+            # PUBLISH fast path (spec 3.3).
+            if end - start < 2:
+                raise malformed("PUBLISH truncated")
+            p = start + 2 + ((buf[start] << 8) | buf[start + 1])
+            if p > end:
+                raise malformed("PUBLISH topic exceeds the packet")
+            try:
+                topic = buf[start + 2 : p].decode("utf-8")  # type: ignore[union-attr]
+            except UnicodeDecodeError:
+                raise malformed("invalid UTF-8 topic name") from None  # [MQTT-1.5.3-1]
+            if "\x00" in topic:
+                raise malformed("topic name contains U+0000")  # [MQTT-1.5.3-2]
+            if b0 & 0x06:
+                if p + 2 > end:
+                    raise malformed("PUBLISH truncated")
+                pid: int | None = (buf[p] << 8) | buf[p + 1]
+                if not pid:
+                    raise malformed("packet identifier 0")  # [MQTT-2.3.1-1]
+                p += 2
+            else:
+                pid = None
+            if level == 5:
+                if p >= end:
+                    raise malformed("PUBLISH property length missing")
+                if buf[p]:
+                    r = Reader(buf, p, end)  # type: ignore[arg-type]
+                    props = decode_properties(r, 3)
+                    p = r.pos
+                else:
+                    props = {}
+                    p += 1
+            else:
+                props = {}
+            return Publish(
+                topic, buf[p:end], (b0 >> 1) & 3, b0 & 1 == 1, b0 & 8 == 8, pid, props
+            )
         except PacketError as e:
             self._error = e
             raise
         except (IndexError, ValueError) as e:  # defensive: never leak other errors
             self._error = PacketError(f"internal: {e!r}", _MAL)
             raise self._error from e
-
-    def _next(self) -> Any:
-        buf = self._buf
-        pos = self._pos
-        avail = len(buf) - pos
-        need = self._need
-        if need:
-            if avail < need:
-                return None
-            total = need
-            hl = self._hl
-            self._need = 0
-            b0 = buf[pos]
-        else:
-            if avail < 1:
-                return None
-            b0 = buf[pos]
-            ptype = b0 >> 4
-            types = self._types if self._tlevel == self.protocol_level else self._type_table()
-            err = types[ptype]
-            if err:
-                if err == _PROTO:
-                    raise PacketError(f"unexpected packet type {ptype}", err)
-                raise PacketError(f"reserved packet type {ptype}", err)
-            if ptype == 3:
-                qos = b0 & 0x06
-                if qos == 0x06:
-                    raise malformed("PUBLISH QoS 3")  # [MQTT-3.3.1-4]
-                if not qos and b0 & 0x08:
-                    raise malformed("PUBLISH QoS 0 with DUP set")  # [MQTT-3.3.1-2]
-            elif b0 & 0x0F != _FLAGS[ptype]:
-                raise malformed("invalid fixed header flags")  # [MQTT-2.2.2-1/2]
-            if avail < 2:
-                return None
-            # Remaining length: variable byte integer of at most 4 bytes [MQTT-1.5.5-1].
-            b = buf[pos + 1]
-            if b < 0x80:
-                rl = b
-                hl = 2
-            else:
-                rl = b & 0x7F
-                i = pos + 2
-                shift = 7
-                n = len(buf)
-                while True:
-                    if i >= n:
-                        return None
-                    b = buf[i]
-                    i += 1
-                    rl |= (b & 0x7F) << shift
-                    if not b & 0x80:
-                        break
-                    if i - pos >= 5:
-                        raise malformed("remaining length longer than 4 bytes")  # spec 2.1.4
-                    shift += 7
-                hl = i - pos
-            total = hl + rl
-            limit = self.max_packet_size
-            if limit is not None and total > limit:
-                raise PacketTooLarge(f"packet of {total} bytes exceeds the maximum of {limit}")
-            if avail < total:
-                self._need = total
-                self._hl = hl
-                return None
-        if buf.__class__ is not bytes:
-            # A complete packet is buffered: freeze once so slices are bytes.
-            buf = self._buf = bytes(buf)
-        start = pos + hl
-        end = pos + total
-        self._pos = end
-        if b0 >> 4 != 3:
-            pkt = DECODERS[b0 >> 4](buf, start, end, b0, self.protocol_level)  # type: ignore[arg-type]
-            if b0 >> 4 == 1 and not self.client_side:
-                self.protocol_level = pkt.protocol_level
-            return pkt
-
-        # PUBLISH fast path (spec 3.3).
-        if end - start < 2:
-            raise malformed("PUBLISH truncated")
-        p = start + 2 + ((buf[start] << 8) | buf[start + 1])
-        if p > end:
-            raise malformed("PUBLISH topic exceeds the packet")
-        try:
-            topic = buf[start + 2 : p].decode("utf-8")  # type: ignore[union-attr]
-        except UnicodeDecodeError:
-            raise malformed("invalid UTF-8 topic name") from None  # [MQTT-1.5.3-1]
-        if "\x00" in topic:
-            raise malformed("topic name contains U+0000")  # [MQTT-1.5.3-2]
-        qos = (b0 >> 1) & 3
-        if qos:
-            if p + 2 > end:
-                raise malformed("PUBLISH truncated")
-            pid: int | None = (buf[p] << 8) | buf[p + 1]
-            if not pid:
-                raise malformed("packet identifier 0")  # [MQTT-2.3.1-1]
-            p += 2
-        else:
-            pid = None
-        if self.protocol_level == MQTT_5:
-            if p >= end:
-                raise malformed("PUBLISH property length missing")
-            if buf[p]:
-                r = Reader(buf, p, end)  # type: ignore[arg-type]
-                props = decode_properties(r, 3)
-                p = r.pos
-            else:
-                props = {}
-                p += 1
-        else:
-            props = {}
-        return Publish(topic, buf[p:end], qos, bool(b0 & 1), bool(b0 & 8), pid, props)

@@ -200,36 +200,18 @@ def subscribe_bytes(topic_filter: str, qos: int = 0, packet_id: int = 1) -> byte
     return encode(Subscribe(packet_id, [SubscriptionRequest(topic_filter, qos)]), 4)
 
 
-async def read_packet(client: RawClient, timeout: float = TIMEOUT) -> bytes:
-    """One whole packet (fixed header included) from ``client``; b"" if the connection closed."""
-    head = await client.read(2, timeout)
-    if len(head) < 2:
-        return head
-    length, shift, header = head[1] & 0x7F, 7, head
-    while header[-1] & 0x80:
-        more = await client.read(1, timeout)
-        if not more:
-            return header
-        header += more
-        length |= (more[0] & 0x7F) << shift
-        shift += 7
-    return header + (await client.read(length, timeout) if length else b"")
+async def read_whole(client: RawClient, timeout: float = TIMEOUT) -> bytes:
+    """One whole packet as its bytes (fixed header included); b"" on timeout or close."""
+    got = await deferToThread(_read_whole, client.sock, timeout)
+    return got
 
 
-def parse_publish(packet: bytes) -> tuple[int, str, int | None, bytes]:
-    """(first byte, topic, packet id or None, payload) of a PUBLISH read by :func:`read_packet`."""
-    index = 1
-    while packet[index] & 0x80:
-        index += 1
-    index += 1
-    topic_length = int.from_bytes(packet[index:index + 2], "big")
-    topic = packet[index + 2:index + 2 + topic_length].decode()
-    index += 2 + topic_length
-    packet_id = None
-    if packet[0] & 0x06:
-        packet_id = int.from_bytes(packet[index:index + 2], "big")
-        index += 2
-    return packet[0], topic, packet_id, packet[index:]
+def _read_whole(sock: socket.socket, timeout: float) -> bytes:
+    got = _read_packet(sock, timeout)  # defined further down (shared helper)
+    if got is None:
+        return b""
+    first, body = got
+    return bytes([first]) + remaining_length(len(body)) + body
 
 
 def no_reconnect(client: Paho) -> None:
@@ -241,3 +223,142 @@ def no_reconnect(client: Paho) -> None:
         record(cl, userdata, flags, rc, props)
 
     client.client.on_disconnect = on_disconnect
+
+
+# -- byte-level MQTT 3.1.1 helpers for RawClient (appended for the publish/subscribe/flow tests) --
+
+import attrs  # noqa: E402
+
+PUBACK, PUBREC, PUBREL, PUBCOMP = 0x40, 0x50, 0x62, 0x70
+
+
+def remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def mqtt_string(text: str | bytes) -> bytes:
+    data = text.encode() if isinstance(text, str) else text
+    return len(data).to_bytes(2, "big") + data
+
+
+def packet(first_byte: int, body: bytes = b"") -> bytes:
+    return bytes([first_byte]) + remaining_length(len(body)) + body
+
+
+def connect_packet(client_id: str, clean: bool = True, keepalive: int = 60, level: int = 4) -> bytes:
+    name = b"MQTT" if level == 4 else b"MQIsdp"
+    flags = 0x02 if clean else 0
+    return packet(0x10, mqtt_string(name) + bytes([level, flags]) + keepalive.to_bytes(2, "big")
+                  + mqtt_string(client_id))
+
+
+def subscribe_packet(packet_id: int, filters) -> bytes:
+    """SUBSCRIBE with ``filters`` = [(topic filter, qos), ...]."""
+    body = packet_id.to_bytes(2, "big")
+    for topic_filter, qos in filters:
+        body += mqtt_string(topic_filter) + bytes([qos])
+    return packet(0x82, body)
+
+
+def unsubscribe_packet(packet_id: int, filters) -> bytes:
+    return packet(0xA2, packet_id.to_bytes(2, "big") + b"".join(mqtt_string(f) for f in filters))
+
+
+def publish_packet(topic: str, payload: bytes = b"", qos: int = 0, packet_id: int | None = None,
+                   retain: bool = False, dup: bool = False) -> bytes:
+    first = 0x30 | (qos << 1) | (0x01 if retain else 0) | (0x08 if dup else 0)
+    body = mqtt_string(topic)
+    if qos:
+        body += packet_id.to_bytes(2, "big")
+    return packet(first, body + payload)
+
+
+def ack_packet(first_byte: int, packet_id: int) -> bytes:
+    """PUBACK / PUBREC / PUBREL / PUBCOMP (pass one of the constants above)."""
+    return packet(first_byte, packet_id.to_bytes(2, "big"))
+
+
+@attrs.define
+class RawPublish:
+    topic: str
+    payload: bytes
+    qos: int
+    packet_id: int | None
+    dup: bool
+    retain: bool
+
+
+def parse_publish(first_byte: int, body: bytes) -> RawPublish:
+    assert first_byte >> 4 == 3, f"not a PUBLISH: {first_byte:#x}"
+    qos = (first_byte >> 1) & 3
+    length = int.from_bytes(body[:2], "big")
+    topic = body[2:2 + length].decode()
+    rest = body[2 + length:]
+    packet_id = None
+    if qos:
+        packet_id, rest = int.from_bytes(rest[:2], "big"), rest[2:]
+    return RawPublish(topic, rest, qos, packet_id, bool(first_byte & 0x08), bool(first_byte & 1))
+
+
+def _read_packet(sock: socket.socket, timeout: float):
+    """One whole packet as (first byte, body), or None on timeout / close."""
+    deadline = time.monotonic() + timeout
+
+    def exactly(count: int) -> bytes | None:
+        data = b""
+        while len(data) < count:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            sock.settimeout(left)
+            try:
+                chunk = sock.recv(count - len(data))
+            except (socket.timeout, TimeoutError):
+                return None
+            if not chunk:
+                return None
+            data += chunk
+        return data
+
+    first = exactly(1)
+    if first is None:
+        return None
+    length, shift = 0, 0
+    while True:
+        byte = exactly(1)
+        if byte is None:
+            return None
+        length |= (byte[0] & 0x7F) << shift
+        shift += 7
+        if not byte[0] & 0x80:
+            break
+    body = exactly(length) if length else b""
+    if body is None:
+        return None
+    return first[0], body
+
+
+async def read_packet(client: RawClient, timeout: float = TIMEOUT):
+    """The next whole packet from a RawClient as (first byte, body), or None (timeout / closed)."""
+    return await deferToThread(_read_packet, client.sock, timeout)
+
+
+async def raw_connect(client: RawClient, client_id: str, **kwargs) -> None:
+    """Send CONNECT and check the CONNACK accepts it."""
+    client.send(connect_packet(client_id, **kwargs))
+    got = await read_packet(client)
+    assert got is not None and got[0] == 0x20 and got[1][1] == 0, f"bad CONNACK {got!r}"
+
+
+async def raw_subscribe(client: RawClient, filters, packet_id: int = 1) -> list[int]:
+    """Send SUBSCRIBE and return the SUBACK return codes."""
+    client.send(subscribe_packet(packet_id, filters))
+    got = await read_packet(client)
+    assert got is not None and got[0] == 0x90, f"expected SUBACK, got {got!r}"
+    assert int.from_bytes(got[1][:2], "big") == packet_id
+    return list(got[1][2:])

@@ -91,7 +91,7 @@ def test_bad_option_value_gives_one_line_error(args, message):
 
 def test_broker_run_by_twistd_serves_paho_clients(twistd):
     port = free_port()
-    twistd("--mqtt", f"tcp:{port}:interface=127.0.0.1", "--max-qos", "1")
+    twistd("--mqtt", f"tcp:{port}:interface=127.0.0.1", "--http", "none", "--max-qos", "1")
     received: queue.Queue = queue.Queue()
     subscribed: queue.Queue = queue.Queue()
     sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="twistd-sub")
@@ -117,9 +117,10 @@ def test_broker_run_by_twistd_serves_paho_clients(twistd):
 
 def test_listen_failure_is_one_clear_error(twistd):
     port = free_port()
-    first = twistd("--mqtt", f"tcp:{port}:interface=127.0.0.1")
+    first = twistd("--mqtt", f"tcp:{port}:interface=127.0.0.1", "--http", "none")
     second = subprocess.run(
-        [str(TWISTD), "-n", "--pidfile=", "mqtt", "--mqtt", f"tcp:{port}:interface=127.0.0.1"],
+        [str(TWISTD), "-n", "--pidfile=", "mqtt", "--mqtt", f"tcp:{port}:interface=127.0.0.1",
+         "--http", "none"],
         capture_output=True, text=True, timeout=30,
     )
     assert second.returncode == 1

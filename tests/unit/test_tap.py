@@ -14,6 +14,8 @@ def parse(*args):
 def test_defaults():
     config = parse().broker_config()
     assert parse()["mqtt"] == ["tcp:1883:interface=127.0.0.1"]
+    assert parse()["http"] == ["tcp:8080:interface=127.0.0.1"]
+    assert parse("--http", "none")["http"] == []
     assert (config.max_keepalive, config.max_inflight_messages, config.max_queued_messages) == (
         65535, 20, 1000)
     assert (config.max_packet_size, config.max_qos, config.retain_available) == (2_000_000, 2, True)
