@@ -75,6 +75,7 @@ class MQTTProtocol(Protocol):
         self.will = None
         self.keep_alive = 0
         self._clock = broker.clock
+        self._stats = broker.stats
         self._parser = Parser(max_packet_size=broker.config.max_packet_size)
         self._ended = False
         self._last_seen = 0.0
@@ -98,6 +99,11 @@ class MQTTProtocol(Protocol):
     # -- connection lifetime ----------------------------------------------------------
 
     def connectionMade(self) -> None:
+        stats = self._stats
+        stats.sockets_total += 1
+        stats.listener_connections[self.listener] = (
+            stats.listener_connections.get(self.listener, 0) + 1
+        )
         self._last_seen = self._clock.seconds()
         self.transport.registerProducer(self, True)
         self._connect_timer = self._clock.callLater(
@@ -105,6 +111,8 @@ class MQTTProtocol(Protocol):
         )
 
     def connectionLost(self, reason=None) -> None:
+        counts = self._stats.listener_connections
+        counts[self.listener] = counts.get(self.listener, 1) - 1
         if self._abort_timer is not None and self._abort_timer.active():
             self._abort_timer.cancel()
         if not self._ended:
@@ -136,7 +144,7 @@ class MQTTProtocol(Protocol):
         session = self.session
         if session is not None:
             if reason_code is not None and self.protocol_level == MQTT_5:
-                self.transport.write(encode(Disconnect(reason_code), MQTT_5))
+                self._write(encode(Disconnect(reason_code), MQTT_5))
             will = self.will if publish_will else None
             self.will = None
             self.broker.session_closed(session, self, will)
@@ -179,7 +187,8 @@ class MQTTProtocol(Protocol):
         if self._ended:
             return
         self._last_seen = self._clock.seconds()
-        self.broker.stats.bytes_received += len(data)
+        stats = self._stats
+        stats.bytes_received += len(data)
         parser = self._parser
         parser.feed(data)
         handlers = self._handlers
@@ -188,6 +197,7 @@ class MQTTProtocol(Protocol):
                 packet = parser.next_packet()
                 if packet is None:
                     return
+                stats.messages_received += 1
                 handlers[packet.type](packet)
         except UnsupportedProtocolVersion as error:
             self._refuse(
@@ -214,16 +224,27 @@ class MQTTProtocol(Protocol):
 
     def write_publish(self, head: bytes, packet_id: int | None, tail: bytes) -> None:
         """Write one pre-encoded PUBLISH (see :meth:`Message.parts`)."""
+        stats = self._stats
+        stats.messages_sent += 1
         if packet_id is None:
+            stats.bytes_sent += len(head)
             self.transport.write(head)
         else:
+            stats.bytes_sent += len(head) + 2 + len(tail)
             self.transport.writeSequence((head, packet_id.to_bytes(2, "big"), tail))
 
     def write_pubrel(self, packet_id: int) -> None:
-        self.transport.write(b"\x62\x02" + packet_id.to_bytes(2, "big"))
+        self._write(b"\x62\x02" + packet_id.to_bytes(2, "big"))
+
+    def _write(self, data: bytes) -> None:
+        """Write one encoded packet, counting it."""
+        stats = self._stats
+        stats.messages_sent += 1
+        stats.bytes_sent += len(data)
+        self.transport.write(data)
 
     def _send(self, packet) -> None:
-        self.transport.write(encode(packet, self.protocol_level))
+        self._write(encode(packet, self.protocol_level))
 
     # -- CONNECT ----------------------------------------------------------------------
 
@@ -337,7 +358,7 @@ class MQTTProtocol(Protocol):
         self.protocol_level = level
         code = refused.code_v5 if level == MQTT_5 else refused.code_v3
         if code is not None:
-            self.transport.write(encode(ConnAck(False, code), level))  # [MQTT-3.2.2-5]
+            self._write(encode(ConnAck(False, code), level))  # [MQTT-3.2.2-5]
         log.info(
             "refused connection from {peer} (listener {listener}): {reason}",
             peer=self._peer(), listener=self.listener, reason=refused.reason,
@@ -386,7 +407,7 @@ class MQTTProtocol(Protocol):
                 self.broker.publish(
                     Message(topic, packet.payload, 1, packet.retain, packet.properties), session
                 )
-            self.transport.write(b"\x40\x02" + packet_id.to_bytes(2, "big"))  # PUBACK
+            self._write(b"\x40\x02" + packet_id.to_bytes(2, "big"))  # PUBACK
             return
         awaiting = session.awaiting_pubrel
         if packet_id not in awaiting:  # exactly once: a resent PUBLISH is not routed again
@@ -395,7 +416,7 @@ class MQTTProtocol(Protocol):
                 self.broker.publish(
                     Message(topic, packet.payload, 2, packet.retain, packet.properties), session
                 )
-        self.transport.write(b"\x50\x02" + packet_id.to_bytes(2, "big"))  # PUBREC
+        self._write(b"\x50\x02" + packet_id.to_bytes(2, "big"))  # PUBREC
 
     def _on_puback(self, packet) -> None:
         self.session.puback(packet.packet_id)
@@ -405,7 +426,7 @@ class MQTTProtocol(Protocol):
 
     def _on_pubrel(self, packet) -> None:
         self.session.awaiting_pubrel.discard(packet.packet_id)
-        self.transport.write(b"\x70\x02" + packet.packet_id.to_bytes(2, "big"))  # PUBCOMP
+        self._write(b"\x70\x02" + packet.packet_id.to_bytes(2, "big"))  # PUBCOMP
 
     def _on_pubcomp(self, packet) -> None:
         self.session.pubcomp(packet.packet_id)
@@ -428,7 +449,7 @@ class MQTTProtocol(Protocol):
         self._send(UnsubAck(packet.packet_id, codes))  # [MQTT-3.10.4-4]
 
     def _on_pingreq(self, packet) -> None:
-        self.transport.write(PINGRESP)  # [MQTT-3.12.4-1]
+        self._write(PINGRESP)  # [MQTT-3.12.4-1]
 
     def _on_disconnect(self, packet) -> None:
         # A clean DISCONNECT discards the will [MQTT-3.14.4-3]; 5.0 reason 0x04 keeps it.

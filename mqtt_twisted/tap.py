@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import re
+import sys
 
 from twisted.application.service import MultiService, Service
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 
 from mqtt_twisted import __version__
 from mqtt_twisted.broker import Broker, BrokerConfig
+from mqtt_twisted.broker.systopics import SysTopics
+from mqtt_twisted.logs import JSONLineObserver
 from mqtt_twisted.protocol import MQTTFactory
 from mqtt_twisted.tls import TLSConfigError, TLSSettings, is_tls, server_endpoint
 
@@ -85,6 +88,11 @@ class Options(usage.Options):
          "yes|no: whether clients may connect with an empty client id.", yes_no],
         ["connect-timeout", None, 10.0,
          "Seconds a connection may stay open without sending CONNECT.", _positive_float],
+        ["log-format", None, "text",
+         "text|json: json writes one JSON object per log event (one per line) to standard output.",
+         lambda text: {"text": "text", "json": "json"}[text.lower()]],
+        ["sys-interval", None, 10.0,
+         "Seconds between $SYS/broker/... updates (0 = no $SYS topics).", float],
         ["persistent-client-expiration", None, None,
          "Remove persistent sessions of clients away this long (e.g. 2h, 14d, 1w, 1m, 1y; "
          "off by default).", parse_duration],
@@ -128,6 +136,8 @@ class Options(usage.Options):
         for key in ("retain-available", "allow-zero-length-clientid"):
             if isinstance(self[key], str):  # the default, given as text for --help
                 self[key] = yes_no(self[key])
+        if self["sys-interval"] < 0:
+            raise usage.UsageError("--sys-interval must be 0 (off) or a positive number of seconds")
         if not self["mqtt"]:
             self["mqtt"] = [DEFAULT_MQTT_LISTENER]
         if not self["http"]:
@@ -170,6 +180,21 @@ class Options(usage.Options):
             connect_timeout=self["connect-timeout"],
             persistent_client_expiration=self["persistent-client-expiration"],
         )
+
+
+class SysTopicsService(Service):
+    """Runs the ``$SYS`` publisher while the broker runs."""
+
+    def __init__(self, sys_topics) -> None:
+        self.sys_topics = sys_topics
+
+    def startService(self) -> None:
+        super().startService()
+        self.sys_topics.start()
+
+    def stopService(self):
+        super().stopService()
+        self.sys_topics.stop()
 
 
 class ListenerService(Service):
@@ -234,6 +259,19 @@ class ListenerService(Service):
         return None
 
 
+class BrokerService(MultiService):
+    """The broker's top service; with ``--log-format json`` it gives twistd a JSON log observer."""
+
+    broker: Broker
+    log_observer = None
+
+    def setServiceParent(self, parent):
+        # twistd's AppLogger uses the application's ILogObserver component when it has one.
+        if self.log_observer is not None and hasattr(parent, "setComponent"):
+            parent.setComponent(ILogObserver, self.log_observer)
+        return super().setServiceParent(parent)
+
+
 def makeService(options: Options, reactor=None) -> MultiService:
     """One broker; one listener service per ``--mqtt`` and ``--http`` endpoint."""
     from mqtt_twisted.web import build_site  # autobahn is imported only when a service is made
@@ -242,8 +280,10 @@ def makeService(options: Options, reactor=None) -> MultiService:
         from twisted.internet import reactor
     broker = Broker(reactor, options.broker_config())
     settings = options.tls_settings()
-    service = MultiService()
+    service = BrokerService()
     service.broker = broker
+    if options["log-format"] == "json":
+        service.log_observer = JSONLineObserver(sys.stdout)
     for description in options["mqtt"]:
         identity = settings.use_identity_as_username and is_tls(description)
         factory = MQTTFactory(broker, description, identity)
@@ -254,5 +294,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
         site = build_site(broker, description, options["ws-origin"], identity)
         endpoint = server_endpoint(reactor, description, settings)
         ListenerService(reactor, description, site, endpoint).setServiceParent(service)
+    if options["sys-interval"] > 0:
+        SysTopicsService(SysTopics(broker, options["sys-interval"])).setServiceParent(service)
     log.info("mqtt-twisted {version} starting", version=__version__)
     return service

@@ -10,6 +10,7 @@ from twisted.web.static import Data
 
 from mqtt_twisted import __version__
 from mqtt_twisted.broker import Broker
+from mqtt_twisted.metrics import metrics_resource
 from mqtt_twisted.websocket import MQTTWebSocketFactory
 
 INDEX_PAGE = """<!doctype html>
@@ -32,6 +33,7 @@ def build_site(
     root.putChild(b"", Data(INDEX_PAGE.format(version=__version__).encode(), "text/html; charset=utf-8"))
     websocket = MQTTWebSocketFactory(broker, listener, allowed_origins, use_identity_as_username)
     root.putChild(b"mqtt", WebSocketResource(websocket))
+    root.putChild(b"metrics", metrics_resource(broker))
     site = Site(root)
     site.noisy = False
     return site

@@ -59,8 +59,12 @@ class WebSocketTransport:
         return get_certificate() if get_certificate is not None else None
 
     def registerProducer(self, producer, streaming: bool) -> None:
-        # Flow control comes from the TCP/TLS transport underneath.
-        self._websocket.transport.registerProducer(producer, streaming)
+        # Flow control comes from the TCP/TLS transport underneath. twisted.web's HTTPChannel
+        # registered itself there before the upgrade and autobahn's WebSocketResource leaves it
+        # registered, so take its place (registering on top of it raises RuntimeError).
+        transport = self._websocket.transport
+        transport.unregisterProducer()
+        transport.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
         if self._websocket.transport is not None:
@@ -94,7 +98,9 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if not isBinary:  # [MQTT-6.0.0-1]
-            self.sendClose(CLOSE_UNSUPPORTED_DATA, "MQTT over WebSocket uses binary frames only")
+            # sendClose() only takes 1000 / 3000-4999; 1003 (unsupported data) is a protocol code
+            self.sendCloseFrame(CLOSE_UNSUPPORTED_DATA,
+                                b"MQTT over WebSocket uses binary frames only")
             return
         if self.mqtt is not None:
             self.mqtt.dataReceived(payload)

@@ -1,7 +1,8 @@
 """The broker: sessions by client id, subscription routing, retained messages, wills."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from time import perf_counter
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -17,6 +18,8 @@ from mqtt_twisted.topics import SubscriptionTree, validate_topic_filter
 log = Logger()
 
 SUBACK_FAILURE = 0x80
+#: one PUBLISH in this many is timed for the metrics histogram
+PUBLISH_SAMPLE_EVERY = 64
 UNSUBACK_NO_SUBSCRIPTION = 0x11
 
 
@@ -40,6 +43,8 @@ class Broker:
         self.subscriptions: SubscriptionTree[Session, SubscriptionOptions] = SubscriptionTree()
         self.connected = 0
         self.started = clock.seconds()
+        #: called with the seconds one sampled PUBLISH took to route (set by /metrics)
+        self.publish_timer: Callable[[float], None] | None = None
 
     # -- sessions -------------------------------------------------------------------
 
@@ -65,6 +70,8 @@ class Broker:
             session = Session(client_id, clean_session, self.config, self.stats)
             self.sessions[client_id] = session
         self.connected += 1
+        if self.connected > self.stats.clients_maximum:
+            self.stats.clients_maximum = self.connected
         return session, present
 
     def session_closed(self, session: Session, conn: SessionConnection, will: Will | None) -> None:
@@ -105,8 +112,19 @@ class Broker:
     # -- routing --------------------------------------------------------------------
 
     def publish(self, message: Message, origin: Session | None = None) -> None:
+        """A message from a client (or its will): count it and route it."""
+        stats = self.stats
+        stats.publish_received += 1
+        stats.publish_bytes_received += len(message.payload)
+        if stats.publish_received % PUBLISH_SAMPLE_EVERY or self.publish_timer is None:
+            self.route(message, origin)
+            return
+        started = perf_counter()
+        self.route(message, origin)
+        self.publish_timer(perf_counter() - started)
+
+    def route(self, message: Message, origin: Session | None = None) -> None:
         """Store (if retained) and deliver ``message`` to every matching subscription."""
-        self.stats.publish_received += 1
         if message.retain:
             if message.payload:
                 self.retained.set(message.topic, message)

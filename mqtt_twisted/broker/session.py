@@ -102,7 +102,7 @@ class Session:
                 return  # QoS 0 is not kept for offline clients
             if not conn.paused and not self.queue:
                 conn.write_publish(message.parts(conn.protocol_level, 0, retain)[0], None, b"")
-                self._stats.publish_sent += 1
+                self._count_sent(message)
                 return
         elif conn is not None and not self.queue and len(self.inflight) < self._max_inflight:
             self._send_new(conn, message, qos, retain)
@@ -114,7 +114,12 @@ class Session:
         self.inflight[packet_id] = Inflight(message, qos, retain)
         head, tail = message.parts(conn.protocol_level, qos, retain)
         conn.write_publish(head, packet_id, tail)
-        self._stats.publish_sent += 1
+        self._count_sent(message)
+
+    def _count_sent(self, message: Message) -> None:
+        stats = self._stats
+        stats.publish_sent += 1
+        stats.publish_bytes_sent += len(message.payload)
 
     def _enqueue(self, message: Message, qos: int, retain: bool) -> None:
         if self._max_queued and len(self.queue) >= self._max_queued:
@@ -143,7 +148,7 @@ class Session:
                     break
                 queue.popleft()
                 conn.write_publish(message.parts(conn.protocol_level, 0, retain)[0], None, b"")
-                self._stats.publish_sent += 1
+                self._count_sent(message)
             else:
                 if len(self.inflight) >= self._max_inflight:
                     break

@@ -6,6 +6,7 @@ the broker, not by the network.
 
 from __future__ import annotations
 
+import struct
 from typing import Any, Callable
 
 from .constants import MQTT_5
@@ -32,8 +33,10 @@ from .wire import BYTE, MAX_VARINT, VARINT_SMALL, encode_binary, encode_string, 
 
 __all__ = ["encode", "encode_publish_parts", "encode_varint"]
 
-_U16: tuple[bytes, ...] = tuple(i.to_bytes(2, "big") for i in range(1024))
-_PROPS_NONE = b"\x00"
+# First byte, one-byte remaining length, topic length: the common PUBLISH head.
+_HEAD1 = struct.Struct(">BBH").pack
+# The same with a two-byte remaining length.
+_HEAD2 = struct.Struct(">BBBH").pack
 
 
 def _frame(first_byte: int, body: bytes) -> bytes:
@@ -61,31 +64,25 @@ def encode_publish_parts(
     and ``head + tail`` when qos == 0. ``topic`` may be pre-encoded UTF-8.
     """
     if topic.__class__ is str:
-        topic = topic.encode("utf-8")  # type: ignore[union-attr]
-    tl = len(topic)
-    if protocol_level == MQTT_5:
-        tail = (encode_properties(properties) if properties else _PROPS_NONE) + payload
+        topic = topic.encode()  # type: ignore[union-attr]
+    if protocol_level == 5:
+        tail = (encode_properties(properties) if properties else b"\x00") + payload
     elif payload.__class__ is bytes:
         tail = payload
     else:
         tail = bytes(payload)
+    tl = len(topic)
     rl = tl + len(tail) + (4 if qos else 2)
-    b0 = 0x30 | (qos << 1)
-    if retain:
-        b0 |= 1
-    if dup:
-        b0 |= 8
-    if rl < 16384:
-        vi = VARINT_SMALL[rl]
-    elif rl <= MAX_VARINT:
-        vi = encode_varint(rl)
-    else:
-        raise PacketTooLarge(f"remaining length {rl} exceeds the MQTT maximum")
-    if tl < 1024:
-        return BYTE[b0] + vi + _U16[tl] + topic, tail  # type: ignore[operator]
+    b0 = 0x30 | (qos << 1) | (1 if retain else 0) | (8 if dup else 0)
+    if rl < 128:  # implies tl < 128
+        return _HEAD1(b0, rl, tl) + topic, tail  # type: ignore[operator]
+    if rl < 16384 and tl <= 0xFFFF:
+        return _HEAD2(b0, (rl & 0x7F) | 0x80, rl >> 7, tl) + topic, tail  # type: ignore
     if tl > 0xFFFF:
         raise PacketError("topic longer than 65535 bytes")
-    return BYTE[b0] + vi + tl.to_bytes(2, "big") + topic, tail  # type: ignore[operator]
+    if rl > MAX_VARINT:
+        raise PacketTooLarge(f"remaining length {rl} exceeds the MQTT maximum")
+    return BYTE[b0] + encode_varint(rl) + tl.to_bytes(2, "big") + topic, tail  # type: ignore
 
 
 def _publish(p: Publish, level: int) -> bytes:
@@ -148,7 +145,8 @@ def _ack(first_byte: int) -> Callable[[Any, int], bytes]:
         pid = p.packet_id.to_bytes(2, "big")
         if level == MQTT_5:
             if p.properties:
-                return _frame(first_byte, pid + BYTE[p.reason_code] + encode_properties(p.properties))
+                body = pid + BYTE[p.reason_code] + encode_properties(p.properties)
+                return _frame(first_byte, body)
             if p.reason_code:  # spec 3.4.2.2: no property length when remaining length < 4
                 return BYTE[first_byte] + b"\x03" + pid + BYTE[p.reason_code]
         return BYTE[first_byte] + b"\x02" + pid

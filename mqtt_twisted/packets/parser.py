@@ -25,7 +25,7 @@ def _table(allowed: set[int]) -> tuple[int, ...]:
         if t in allowed:
             out.append(0)
         elif t == 0 or t == 15:
-            out.append(_MAL)  # reserved type (0; 15 in 3.x) [MQTT-2.2.1] / spec 2.1.2
+            out.append(_MAL)  # reserved type: 0 always, 15 in 3.x (spec 2.2.1 / 2.1.2)
         else:
             out.append(_PROTO)
     return tuple(out)
@@ -47,7 +47,6 @@ _SERVER_3 = _table(_CLIENT_TO_SERVER)
 _SERVER_5 = _table(_CLIENT_TO_SERVER | {T.AUTH})
 _CLIENT_3 = _table(_SERVER_TO_CLIENT)
 _CLIENT_5 = _table(_SERVER_TO_CLIENT | {T.DISCONNECT, T.AUTH})
-
 
 
 def _bad_flags(b0: int) -> bool:
@@ -138,7 +137,7 @@ class Parser:
         return table
 
     def _type_error(self, b0: int) -> PacketError:
-        """The error for a first byte whose type/flags are invalid, or None."""
+        """The error for a first byte whose type or flags are invalid."""
         ptype = b0 >> 4
         err = self._types[ptype]
         if err == _PROTO:

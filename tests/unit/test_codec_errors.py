@@ -309,7 +309,8 @@ def test_unsupported_protocol_version_wins_over_later_malformations() -> None:
 
 
 def test_malformed_before_protocol_level_is_not_unsupported_version() -> None:
-    for data in [frame(0x10, b"\x00"), frame(0x10, s("MQTT")), frame(0x10, s(b"\xff\xfe") + b"\x04")]:
+    bad_name = frame(0x10, s(b"\xff\xfe") + b"\x04")
+    for data in [frame(0x10, b"\x00"), frame(0x10, s("MQTT")), bad_name]:
         err = fails(data, MAL)
         assert not isinstance(err, UnsupportedProtocolVersion)
 
@@ -437,116 +438,19 @@ def test_unsubscribe_without_filters(level: int) -> None:  # [MQTT-3.10.3-2]
     fails(b"\xa2\x02\x00\x01" if level == 4 else b"\xa2\x03\x00\x01\x00", PROTO, level)
 
 
-# --------------------------------------------------------------------------- properties
-
-
-def puback5(props: bytes) -> bytes:
-    return frame(0x40, b"\x00\x01\x00" + encode_varint(len(props)) + props)
-
-
-def publish5(props: bytes) -> bytes:
-    return frame(0x30, s("t") + encode_varint(len(props)) + props + b"payload")
-
-
-def subscribe5(props: bytes) -> bytes:
-    return frame(0x82, b"\x00\x01" + encode_varint(len(props)) + props + s("a") + b"\x00")
-
-
-def test_unknown_property_is_malformed() -> None:  # spec 2.2.2.2
-    fails(puback5(b"\x05\x00"), MAL, MQTT_5)
-    fails(puback5(b"\x80\x01\x00"), MAL, MQTT_5)  # two-byte identifier 0x80
-    fails(publish5(b"\x00"), MAL, MQTT_5)
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        publish5(b"\x11\x00\x00\x00\x01"),  # SESSION_EXPIRY_INTERVAL in PUBLISH
-        puback5(b"\x23\x00\x01"),  # TOPIC_ALIAS in PUBACK
-        subscribe5(b"\x23\x00\x01"),  # TOPIC_ALIAS in SUBSCRIBE
-        connect(level=5, props=b"\x05\x18\x00\x00\x00\x05"),  # WILL_DELAY_INTERVAL in CONNECT
-        connect(level=5, props=b"\x02\x24\x01"),  # MAXIMUM_QOS in CONNECT
-        b"\xe0\x05\x00\x03\x23\x00\x01",  # TOPIC_ALIAS in DISCONNECT
-        frame(0xA2, b"\x00\x01\x02\x1f\x00" + s("a")),  # REASON_STRING in UNSUBSCRIBE
-        b"\xf0\x04\x18\x02\x01\x00",  # PAYLOAD_FORMAT_INDICATOR in AUTH
-    ],
-)
-def test_property_not_allowed_is_protocol_error(data: bytes) -> None:
-    # Spec 2.2.2.2: a property not allowed in that packet.
-    fails(data, PROTO, None if data[0] == 0x10 else MQTT_5)
-
-
-def test_will_property_not_allowed() -> None:  # TOPIC_ALIAS in will properties
-    payload = s("cid") + b"\x03\x23\x00\x01" + s("wt") + s("wp")
-    fails(connect(level=5, flags=0x06, payload=payload), PROTO)
-
-
-def test_connack_property_not_allowed_client_side() -> None:
-    client_fails(frame(0x20, b"\x00\x00\x02\x17\x01"), PROTO, MQTT_5)  # REQUEST_PROBLEM_INFO
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        publish5(b"\x23\x00\x01\x23\x00\x02"),  # TOPIC_ALIAS twice
-        publish5(b"\x01\x00\x01\x01"),  # PAYLOAD_FORMAT_INDICATOR twice
-        puback5(b"\x1f" + s("a") + b"\x1f" + s("b")),  # REASON_STRING twice
-        subscribe5(b"\x0b\x01\x0b\x02"),  # SUBSCRIPTION_IDENTIFIER twice in SUBSCRIBE
-    ],
-)
-def test_duplicate_property_is_protocol_error(data: bytes) -> None:  # spec 2.2.2.2
-    fails(data, PROTO, MQTT_5)
-
-
-def test_repeatable_properties() -> None:
-    user = b"\x26" + s("k") + s("v1") + b"\x26" + s("k") + s("v2")
-    pkt = parse(publish5(b"\x0b\x01\x0b\x80\x01" + user), MQTT_5)[0]
-    assert pkt.properties == {
-        Property.SUBSCRIPTION_IDENTIFIER: [1, 128],
-        Property.USER_PROPERTY: [("k", "v1"), ("k", "v2")],
-    }
-    assert pkt.payload == b"payload"
-
-
-def test_property_length_past_packet_is_malformed() -> None:
-    fails(frame(0x40, b"\x00\x01\x00\x09\x1f\x00\x01a"), MAL, MQTT_5)
-    fails(frame(0x30, s("t") + b"\x0a\x23\x00"), MAL, MQTT_5)
-
-
-def test_property_value_past_property_length_is_malformed() -> None:
-    # property length 3 but the string needs 4 bytes; the payload follows
-    fails(frame(0x30, s("t") + b"\x03\x03\x00\x02ab"), MAL, MQTT_5)
-    fails(publish5(b"\x02\x00\x00"), MAL, MQTT_5)  # four-byte integer cut short
-
-
-def test_subscription_identifier_0_is_protocol_error() -> None:  # spec 2.2.2.2 / 3.8.2.1.2
-    fails(subscribe5(b"\x0b\x00"), PROTO, MQTT_5)
-    fails(publish5(b"\x0b\x00"), PROTO, MQTT_5)
-
-
-def test_varint_longer_than_4_bytes_is_malformed() -> None:  # [MQTT-1.5.5-1]
-    fails(subscribe5(b"\x0b\xff\xff\xff\xff\x01"), MAL, MQTT_5)
-    fails(frame(0x40, b"\x00\x01\x00\xff\xff\xff\xff\x01"), MAL, MQTT_5)  # property length
-
-
-@pytest.mark.parametrize(
-    "props",
-    [
-        b"\x21\x00\x00",  # RECEIVE_MAXIMUM 0 (spec 3.1.2.11.3)
-        b"\x27\x00\x00\x00\x00",  # MAXIMUM_PACKET_SIZE 0 (spec 3.1.2.11.4)
-        b"\x17\x02",  # REQUEST_PROBLEM_INFORMATION not 0/1 (spec 3.1.2.11.7)
-        b"\x19\x02",  # REQUEST_RESPONSE_INFORMATION not 0/1 (spec 3.1.2.11.6)
-    ],
-)
-def test_connect_property_values(props: bytes) -> None:
-    fails(connect(level=5, props=bytes([len(props)]) + props), PROTO)
-
-
-@pytest.mark.parametrize("pid", [0x24, 0x25, 0x28, 0x29, 0x2A])
-def test_connack_boolean_property_values(pid: int) -> None:  # spec 3.2.2.3
-    client_fails(frame(0x20, bytes([0, 0, 2, pid, 2])), PROTO, MQTT_5)
-
-
 def test_disconnect_encodes_as_2_bytes_in_3x() -> None:
     assert encode(Disconnect(0x8B, {Property.REASON_STRING: "x"}), MQTT_3_1_1) == b"\xe0\x00"
     assert encode(PingReq(), MQTT_5) == b"\xc0\x00"
+
+
+def test_owner_may_set_protocol_level() -> None:
+    parser = Parser()
+    parser.protocol_level = MQTT_5
+    parser.feed(b"\xf0\x00\xc0\x00")
+    assert parser.next_packet() == Auth()
+    parser.protocol_level = MQTT_3_1_1
+    assert parser.next_packet() == PingReq()
+    parser.feed(b"\xf0\x00")
+    with pytest.raises(PacketError) as info:
+        parser.next_packet()  # AUTH no longer valid in a 3.1.1 session
+    assert info.value.reason_code == MAL
