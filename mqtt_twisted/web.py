@@ -10,6 +10,7 @@ from twisted.web.static import Data
 
 from mqtt_twisted import __version__
 from mqtt_twisted.broker import Broker
+from mqtt_twisted.dashboard import dashboard_resource
 from mqtt_twisted.metrics import metrics_resource
 from mqtt_twisted.websocket import MQTTWebSocketFactory
 
@@ -29,8 +30,10 @@ def build_site(
     use_identity_as_username: bool = False,
 ) -> Site:
     """A ``Site`` whose ``/mqtt`` feeds WebSocket connections to ``broker``."""
-    root = Resource()
-    root.putChild(b"", Data(INDEX_PAGE.format(version=__version__).encode(), "text/html; charset=utf-8"))
+    root = dashboard_resource()  # web/: index.html and its modules at "/"
+    if root is None:  # the static files are not installed: a placeholder page
+        root = Resource()
+        root.putChild(b"", Data(INDEX_PAGE.format(version=__version__).encode(), "text/html; charset=utf-8"))
     websocket = MQTTWebSocketFactory(broker, listener, allowed_origins, use_identity_as_username)
     root.putChild(b"mqtt", WebSocketResource(websocket))
     root.putChild(b"metrics", metrics_resource(broker))

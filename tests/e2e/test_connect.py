@@ -9,7 +9,7 @@ import paho.mqtt.client as mqtt
 import pytest
 import pytest_twisted
 
-from .mqttclient import connect_bytes, no_reconnect, read_whole, sleep
+from .mqttclient import connect_bytes, get, no_reconnect, read_whole, sleep
 
 CONNACK_ACCEPTED = b"\x20\x02\x00\x00"  # CONNACK, session present 0, return code 0
 CONNACK_BAD_PROTOCOL = b"\x20\x02\x00\x01"  # 0x01 unacceptable protocol version
@@ -155,12 +155,38 @@ async def test_unacceptable_protocol_version(broker, raw, connect):
 )
 @pytest_twisted.ensureDeferred
 async def test_identifier_rejected(start_broker, raw, config, connect):
-    """Refused CONNACK 0x02, then the connection is closed [MQTT-3.1.3-9], [MQTT-3.2.2-5]."""
+    """Refused CONNACK 0x02 with session present 0, then the connection is closed [MQTT-3.1.3-9],
+    [MQTT-3.2.2-4], [MQTT-3.2.2-5]."""
     running = start_broker(**config)
     sock = raw(running.port)
     sock.send(connect)
     assert await read_whole(sock) == CONNACK_ID_REJECTED
     assert await sock.closed()
+    assert running.broker.sessions == {}
+
+
+@pytest.mark.parametrize(
+    "config, connect",
+    [
+        # will topic "w/#" (flags 0x06: will, clean session) is not a valid topic name
+        # [MQTT-3.3.2-2]; Mosquitto closes without CONNACK
+        pytest.param({}, b"\x10\x15\x00\x04MQTT\x04\x06\x00\x3c\x00\x01c\x00\x03w/#\x00\x01x",
+                     id="will-topic-wildcard"),
+        # will QoS 2 (flags 0x16) with max_qos 1: 3.x has no return code for it; Mosquitto 2.x
+        # closes without CONNACK
+        pytest.param({"max_qos": 1},
+                     b"\x10\x13\x00\x04MQTT\x04\x16\x00\x3c\x00\x01c\x00\x01w\x00\x01x",
+                     id="will-QoS-above-max_qos"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_unacceptable_will_closes_without_connack(start_broker, raw, config, connect):
+    """No 3.x return code fits: close without CONNACK [MQTT-3.2.2-6]; no session is made."""
+    running = start_broker(**config)
+    sock = raw(running.port)
+    sock.send(connect)
+    assert await sock.read(4, timeout=2.0) == b""
+    assert await sock.closed(timeout=0.5)
     assert running.broker.sessions == {}
 
 
@@ -233,6 +259,15 @@ async def test_connection_without_connect_times_out(start_broker, raw):
 
 
 @pytest_twisted.ensureDeferred
+async def test_partial_connect_times_out(start_broker, raw):
+    """Half a CONNECT and then silence is no CONNECT either: closed after connect_timeout."""
+    running = start_broker(connect_timeout=0.5)
+    sock = raw(running.port)
+    sock.send(connect_bytes("slow-loris")[:5])
+    assert await sock.closed(timeout=3.0)
+
+
+@pytest_twisted.ensureDeferred
 async def test_connect_in_time_cancels_the_connect_timeout(start_broker, raw):
     running = start_broker(connect_timeout=0.5)
     sock = raw(running.port)
@@ -274,8 +309,7 @@ async def test_takeover_works_across_protocol_levels(broker, clients):
 
 
 async def first_disconnected(client) -> None:
-    from .mqttclient import get
-
+    """Wait for paho's on_disconnect of a client the broker closed."""
     rc = await get(client.disconnects)
     assert rc.is_failure  # closed by the broker, not by the client's own DISCONNECT
 
@@ -311,7 +345,7 @@ async def test_pingreq_gets_pingresp(broker, raw):
 
 @pytest_twisted.ensureDeferred
 async def test_keepalive_zero_is_never_timed_out(broker, raw):
-    """Keep alive 0 turns the mechanism off [MQTT-3.1.2-10 (3.1.2.10)]."""
+    """Keep alive 0 turns the mechanism off (spec 3.1.2.10, non-normative)."""
     sock = raw(broker.port)
     sock.send(connect_bytes("forever", keep_alive=0))
     assert await read_whole(sock) == CONNACK_ACCEPTED

@@ -154,8 +154,9 @@ async def test_clean_session_1_discards_everything_at_disconnect(broker, clients
 @pytest_twisted.ensureDeferred
 async def test_qos_1_and_2_messages_are_queued_while_away(broker, clients, protocol):
     """QoS 1 and 2 messages published while a clean-session-0 client is away are part of its
-    session [MQTT-3.1.2-5] and arrive on reconnect, in order [MQTT-4.6.0-6]; QoS 0 ones are not
-    kept (optional in the spec; Mosquitto's default queue_qos0_messages false)."""
+    session [MQTT-3.1.2-5] and arrive on reconnect, in order [MQTT-4.6.0-5], [MQTT-4.6.0-6];
+    QoS 0 ones are not kept (optional in the spec; Mosquitto's default queue_qos0_messages
+    false)."""
     sub, _ = await persistent(clients, broker.port, "traveller", protocol=protocol)
     assert await sub.subscribe("mail/#", qos=2) == [2]
     await leave(broker, sub)
@@ -180,7 +181,7 @@ async def test_qos_1_and_2_messages_are_queued_while_away(broker, clients, proto
 @pytest_twisted.ensureDeferred
 async def test_queued_messages_keep_publish_order_on_the_wire(broker, clients, raw):
     """The same, read byte for byte: QoS 1 and 2 PUBLISH packets come in publish order
-    [MQTT-4.6.0-6], no QoS 0 one [MQTT-3.1.2-5]."""
+    [MQTT-4.6.0-5], [MQTT-4.6.0-6], no QoS 0 one [MQTT-3.1.2-5]."""
     sock = raw(broker.port)
     sock.send(connect_bytes("wire-order", clean_session=False))
     assert await read_whole(sock) == CONNACK_NEW
@@ -232,7 +233,7 @@ async def test_unacknowledged_messages_are_resent_with_dup(broker, clients, raw,
                                                            first_byte, dup_byte):
     """On reconnect with clean session 0 the server resends unacknowledged PUBLISH packets with
     DUP 1 [MQTT-4.4.0-1], [MQTT-3.3.1-1], with their packet ids, in the original order
-    [MQTT-4.6.0-1] (QoS 1) / [MQTT-4.6.0-2] (QoS 2)."""
+    [MQTT-4.6.0-1], [MQTT-4.6.0-5]."""
     sock = raw(broker.port)
     sock.send(connect_bytes("forgetful", clean_session=False))
     assert await read_whole(sock) == CONNACK_NEW
@@ -316,7 +317,7 @@ async def test_pubrel_is_resent_after_pubrec(broker, clients, raw):
 @pytest_twisted.ensureDeferred
 async def test_resend_comes_before_queued_messages(broker, clients, raw):
     """In-flight messages are resent first, then the ones queued while away, in publish order
-    [MQTT-4.6.0-6]."""
+    [MQTT-4.6.0-5], [MQTT-4.6.0-6]."""
     sock = raw(broker.port)
     sock.send(connect_bytes("orderly", clean_session=False))
     assert await read_whole(sock) == CONNACK_NEW
@@ -337,6 +338,30 @@ async def test_resend_comes_before_queued_messages(broker, clients, raw):
     assert await read_whole(sock) == CONNACK_PRESENT
     got = [parse_publish(*await read_packet(sock)) for _ in range(3)]
     assert [(p.payload, p.dup) for p in got] == [(b"1", True), (b"2", False), (b"3", False)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_takeover_of_a_persistent_session_resumes_it(broker, clients, raw):
+    """A takeover [MQTT-3.1.4-2] with clean session 0 resumes the session: session present 1
+    [MQTT-3.2.2-2] and what the old connection left unacknowledged is resent with DUP
+    [MQTT-4.4.0-1]."""
+    old = raw(broker.port)
+    old.send(connect_bytes("roamer", clean_session=False))
+    assert await read_whole(old) == CONNACK_NEW
+    old.send(subscribe_bytes("roam", 1))
+    assert await read_whole(old) == b"\x90\x03\x00\x01\x01"
+    publisher = clients(broker.port, client_id="publisher")
+    await publisher.connect()
+    await publisher.publish("roam", b"first", qos=1)
+    message = parse_publish(*await read_packet(old))
+    assert (message.payload, message.dup) == (b"first", False)
+
+    new = raw(broker.port)  # the old socket stays open: this is a takeover
+    new.send(connect_bytes("roamer", clean_session=False))
+    assert await old.closed()
+    assert await read_whole(new) == CONNACK_PRESENT
+    again = parse_publish(*await read_packet(new))
+    assert (again.packet_id, again.payload, again.dup) == (message.packet_id, b"first", True)
 
 
 @pytest_twisted.ensureDeferred

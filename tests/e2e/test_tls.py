@@ -190,7 +190,7 @@ def identity(serve, certificates):
 
 
 @pytest_twisted.ensureDeferred
-async def test_identity_replaces_the_username_sent(identity, tclients, certificates, caplog):
+async def test_identity_replaces_the_username_sent(identity, tclients, certificates):
     client = tclients(identity.mqtt[0], client_id="identified", tls=with_client_cert(certificates))
     client.client.username_pw_set("someone-else", "password")
     await client.connect()
@@ -206,7 +206,7 @@ async def test_identity_without_certificate_gets_not_authorized(identity, tclien
     client = tclients(identity.mqtt[0], client_id="nameless-paho", tls=trusting(certificates))
     client.client.username_pw_set("claimed-name")
     _flags, code, _props = await client.connect(expect_success=False)
-    assert code.value == 5 or code.getName() == "Not authorized"
+    assert code.getName() == "Not authorized"  # paho's name for 3.1.1 return code 5
     assert "nameless" not in identity.broker.sessions
     assert "nameless-paho" not in identity.broker.sessions
 

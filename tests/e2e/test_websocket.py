@@ -17,7 +17,7 @@ from twisted.internet.threads import deferToThread
 from mqtt_twisted.packets import Will
 
 from .mqttclient import connect_bytes, packet, publish_packet, subscribe_bytes
-from .transports import (TCP_ENDPOINT, certificates, client_context, serve,  # noqa: F401
+from .transports import (TCP_ENDPOINT, certificates, serve,  # noqa: F401
                          ssl_endpoint, tclients, websockets)
 
 CONNACK_OK = b"\x20\x02\x00\x00"

@@ -150,13 +150,10 @@ def listen():
 class TPaho(Paho):
     """Paho over TLS and/or WebSocket; connects in a thread (the handshake needs the reactor)."""
 
-    def __init__(self, port: int, *args, tls: dict | None = None, ws_headers=None,
-                 **kwargs) -> None:
+    def __init__(self, port: int, *args, tls: dict | None = None, **kwargs) -> None:
         super().__init__(port, *args, **kwargs)
         if tls is not None:
             self.client.tls_set(**{k: (str(v) if v is not None else None) for k, v in tls.items()})
-        if ws_headers is not None:
-            self.client.ws_set_options(path="/mqtt", headers=ws_headers)
 
     async def connect(self, keepalive: int = 60, expect_success: bool = True, **kwargs):
         await deferToThread(self.client.connect, self.host, self.port, keepalive, **kwargs)
