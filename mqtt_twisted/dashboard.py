@@ -12,7 +12,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from twisted.web.resource import ForbiddenResource
+from twisted.web.pages import forbidden, notFound
 from twisted.web.static import File
 
 #: where ``pip install .`` puts ``web/``, relative to an installation prefix
@@ -72,9 +72,10 @@ class DashboardFile(File):
     """Static files with JavaScript module MIME types and no directory listings."""
 
     contentTypes = {**File.contentTypes, **CONTENT_TYPES}
+    childNotFound = notFound("No such file.")
 
     def directoryListing(self):
-        return ForbiddenResource("directory listings are off")
+        return forbidden("Directory listings are off.")
 
 
 def dashboard_resource(directory: Path | None = None) -> File | None:

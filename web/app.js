@@ -125,12 +125,14 @@ chart.draw();
 let watchFilter = null;
 let messageCount = 0;
 
-function setWatching(filter) {
+function setWatching(filter, subscribed = false) {
   watchFilter = filter;
   $("watch-stop").disabled = filter === null;
-  $("watch-info").textContent = filter === null
-    ? "Not watching. Type a filter (+ and # work) and press Watch."
-    : `Watching ${filter} (newest first, last ${MAX_MESSAGES} kept).`;
+  const info = $("watch-info");
+  info.dataset.subscribed = String(subscribed);
+  if (filter === null) info.textContent = "Not watching. Type a filter (+ and # work) and press Watch.";
+  else if (!subscribed) info.textContent = `Subscribing to ${filter}…`;
+  else info.textContent = `Watching ${filter} (newest first, last ${MAX_MESSAGES} kept).`;
 }
 
 async function watch(filter) {
@@ -141,9 +143,12 @@ async function watch(filter) {
   setWatching(filter);
   try {
     const granted = await client.subscribe(filter, 2);
+    if (watchFilter !== filter) return; // another filter was chosen meanwhile
     if (granted === 0x80) {
+      setWatching(null);
       $("watch-info").textContent = `The broker refused the subscription to ${filter}.`;
-      if (watchFilter === filter) watchFilter = null;
+    } else {
+      setWatching(filter, true); // null: not connected yet, subscribed on connect
     }
   } catch (error) {
     if (watchFilter === filter) setWatching(null);
@@ -183,7 +188,11 @@ function showMessage({ topic, payload, qos, retain }) {
   };
   cell("time", `${pad(now.getHours())}:${pad(now.getMinutes())}:${pad(now.getSeconds())}.${pad(now.getMilliseconds(), 3)}`,
     now.toISOString());
-  cell("topic", topic);
+  const topicCell = cell("topic", "");
+  topic.split("/").forEach((level, i) => { // let long topics wrap after a slash
+    if (i > 0) topicCell.append("/", document.createElement("wbr"));
+    topicCell.append(level);
+  });
   cell("qos", `QoS ${qos}`);
   cell("retain", retain ? "retained" : "");
   const shown = formatPayload(payload);
