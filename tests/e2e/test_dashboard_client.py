@@ -14,8 +14,6 @@ from .browser import (AuthGate, broker_process, chromium, free_port,  # noqa: F4
                       open_test_page, page, paho)
 from .mqttclient import connect_bytes
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
 
 @pytest.fixture
 def broker(broker_process):
@@ -384,3 +382,13 @@ def test_connect_packet_carries_credentials_and_keepalive(mqtt_page):
     assert (connect.client_id, connect.keep_alive, connect.username, connect.password) == (
         "c1", 42, "ü", b"p")
     assert connect.protocol_name == "MQTT" and connect.protocol_level == 4 and connect.clean_start
+
+
+def test_broker_url_follows_the_page_scheme_and_host(mqtt_page):
+    urls = mqtt_page.evaluate("""() => [
+        mqtt.defaultBrokerURL(),
+        mqtt.defaultBrokerURL({ protocol: "https:", host: "broker.example:8443" }),
+        mqtt.defaultBrokerURL({ protocol: "http:", host: "[::1]:8080" }),
+    ]""")
+    assert urls[0] == mqtt_page.url.replace("http://", "ws://").rsplit("/", 1)[0] + "/mqtt"
+    assert urls[1:] == ["wss://broker.example:8443/mqtt", "ws://[::1]:8080/mqtt"]
