@@ -1,11 +1,10 @@
 """The one MQTT protocol class: bytes in, packets to the broker core, bytes out.
 
-Serves every stream transport (TCP, TLS, and WebSocket through a thin adapter).
-Timers use the broker's clock, so tests drive them with ``task.Clock``.
+Serves every stream transport (TCP, TLS, and WebSocket through a thin adapter) and
+every protocol level (3.1, 3.1.1, 5.0). Timers use the broker's clock, so tests
+drive them with ``task.Clock``.
 """
 from __future__ import annotations
-
-import uuid
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
@@ -13,8 +12,15 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mqtt_twisted.broker import Broker, Message, Session
+from mqtt_twisted.broker.aliases import InboundAliases, OutboundAliases
+from mqtt_twisted.connect import (
+    NEVER_EXPIRES,
+    ConnectTerms,
+    Refused,
+    check_connect,
+    connack_properties,
+)
 from mqtt_twisted.packets import (
-    MQTT_3_1,
     MQTT_5,
     ConnAck,
     ConnackCode,
@@ -34,27 +40,18 @@ from mqtt_twisted.packets import (
     encode,
 )
 from mqtt_twisted.tls import peer_common_name
-from mqtt_twisted.topics import validate_topic_name
+from mqtt_twisted.topics import validate_topic_filter
 
 log = Logger()
 
-#: MQTT 3.1 limits client ids to 23 characters (3.1 spec, CONNECT payload)
-MQTT31_MAX_CLIENT_ID = 23
 #: how long a closing connection may take to flush before it is aborted
 CLOSE_GRACE_SECONDS = 5.0
-
 PINGRESP = b"\xd0\x00"
 PROTOCOL_NAMES = {3: "3.1", 4: "3.1.1", 5: "5.0"}
-
-
-class Refused(Exception):
-    """A CONNECT the broker answers with a refusing CONNACK."""
-
-    def __init__(self, reason: str, code_v3: int | None, code_v5: int) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.code_v3 = code_v3
-        self.code_v5 = code_v5
+SHARE_PREFIX = "$share/"
+TOPIC_ALIAS = Property.TOPIC_ALIAS
+MESSAGE_EXPIRY = Property.MESSAGE_EXPIRY_INTERVAL
+NOT_FOUND = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
 
 
 @implementer(IPushProducer)
@@ -72,8 +69,14 @@ class MQTTProtocol(Protocol):
         self.protocol_level = 4
         self.paused = False
         self.session: Session | None = None
+        self.terms: ConnectTerms | None = None
         self.will = None
         self.keep_alive = 0
+        #: the client's Receive Maximum and Maximum Packet Size (MQTT 5)
+        self.receive_maximum = 65535
+        self.max_packet_size: int | None = None
+        self._inbound_aliases: InboundAliases | None = None
+        self._outbound_aliases: OutboundAliases | None = None
         self._clock = broker.clock
         self._stats = broker.stats
         self._parser = Parser(max_packet_size=broker.config.max_packet_size)
@@ -144,7 +147,7 @@ class MQTTProtocol(Protocol):
         session = self.session
         if session is not None:
             if reason_code is not None and self.protocol_level == MQTT_5:
-                self._write(encode(Disconnect(reason_code), MQTT_5))
+                self._write(encode(Disconnect(reason_code, self._reason_string(reason)), MQTT_5))
             will = self.will if publish_will else None
             self.will = None
             self.broker.session_closed(session, self, will)
@@ -159,6 +162,12 @@ class MQTTProtocol(Protocol):
         self.transport.loseConnection()
         if self.transport.connected:
             self._abort_timer = self._clock.callLater(CLOSE_GRACE_SECONDS, self._abort)
+
+    def _reason_string(self, reason: str) -> dict:
+        """A Reason String property, when the client allows problem information [MQTT-3.1.2-29]."""
+        if self.terms is not None and not self.terms.request_problem_information:
+            return {}
+        return {Property.REASON_STRING: reason}
 
     def _abort(self) -> None:
         self._abort_timer = None
@@ -222,6 +231,27 @@ class MQTTProtocol(Protocol):
 
     # -- bytes out --------------------------------------------------------------------
 
+    def encode_publish(
+        self, message: Message, qos: int, retain: bool, subscription_ids: tuple[int, ...],
+        dup: bool,
+    ) -> tuple[bytes, bytes] | None:
+        """(head, tail) of ``message`` for this client; None if larger than its Maximum
+        Packet Size (the message is then not sent to it [MQTT-3.1.2-25])."""
+        level = self.protocol_level
+        if level != MQTT_5:
+            return message.parts(level, qos, retain, dup=dup)
+        aliases = self._outbound_aliases
+        alias, send_topic = (0, True) if aliases is None else aliases.lookup(message.topic)
+        now = self._clock.seconds() if message.expires_at is not None else 0.0
+        head, tail = message.parts(MQTT_5, qos, retain, subscription_ids, alias, send_topic, now,
+                                   dup)
+        limit = self.max_packet_size
+        if limit is not None and len(head) + len(tail) + (2 if qos else 0) > limit:
+            if alias and send_topic:
+                aliases.forget(message.topic)
+            return None
+        return head, tail
+
     def write_publish(self, head: bytes, packet_id: int | None, tail: bytes) -> None:
         """Write one pre-encoded PUBLISH (see :meth:`Message.parts`)."""
         stats = self._stats
@@ -246,6 +276,13 @@ class MQTTProtocol(Protocol):
     def _send(self, packet) -> None:
         self._write(encode(packet, self.protocol_level))
 
+    def _ack(self, first_byte: int, packet_id: int, reason: int = 0) -> None:
+        """PUBACK / PUBREC / PUBREL / PUBCOMP; a reason code only in 5.0 and only when not 0."""
+        if reason and self.protocol_level == MQTT_5:
+            self._write(bytes((first_byte, 3)) + packet_id.to_bytes(2, "big") + bytes((reason,)))
+        else:
+            self._write(bytes((first_byte, 2)) + packet_id.to_bytes(2, "big"))
+
     # -- CONNECT ----------------------------------------------------------------------
 
     def _on_connect(self, connect: Connect) -> None:
@@ -255,30 +292,34 @@ class MQTTProtocol(Protocol):
         if self._connect_timer is not None and self._connect_timer.active():
             self._connect_timer.cancel()
         self._connect_timer = None
+        broker = self.broker
+        config = broker.config
         try:
-            client_id, assigned = self._check_connect(connect)
+            terms = check_connect(connect, config)
+            self.username = connect.username
+            if self.use_identity_as_username:
+                self.username = peer_common_name(self.transport)
+                if self.username is None:
+                    raise Refused("no client certificate to take the username from",
+                                  ConnackCode.NOT_AUTHORIZED, ReasonCode.NOT_AUTHORIZED)
         except Refused as refused:
             self._refuse(refused, self.protocol_level)
             return
-        broker = self.broker
-        config = broker.config
-        self.username = connect.username
-        if self.use_identity_as_username:
-            self.username = peer_common_name(self.transport)
-            if self.username is None:
-                self._refuse(Refused("no client certificate to take the username from",
-                                     ConnackCode.NOT_AUTHORIZED, ReasonCode.NOT_AUTHORIZED),
-                             self.protocol_level)
-                return
-        session, present = broker.open_session(client_id, connect.clean_start, self)
-        self.session = session
-        self.will = connect.will
-        self.keep_alive = connect.keep_alive
+        self.terms = terms
+        self.keep_alive = terms.keep_alive
         properties = {}
         if self.protocol_level == MQTT_5:
-            properties = self._connack_properties(connect, client_id if assigned else None)
-            if Property.SERVER_KEEP_ALIVE in properties:
-                self.keep_alive = config.max_keepalive
+            self.receive_maximum = terms.receive_maximum
+            self.max_packet_size = terms.max_packet_size
+            self._inbound_aliases = InboundAliases(config.max_topic_alias)
+            if terms.topic_alias_maximum:
+                self._outbound_aliases = OutboundAliases(terms.topic_alias_maximum)
+            properties = connack_properties(terms, config)
+        session, present = broker.open_session(
+            terms.client_id, connect.clean_start, terms.expiry_interval, self
+        )
+        self.session = session
+        self.will = connect.will
         self._send(ConnAck(present, 0, properties))  # [MQTT-3.2.2-2], [MQTT-3.2.2-3]
         if self.keep_alive:
             self._keepalive_timer = self._clock.callLater(
@@ -287,7 +328,7 @@ class MQTTProtocol(Protocol):
         log.info(
             "client {client_id} connected from {peer} (MQTT {version}, listener {listener}, "
             "clean session {clean}, keep alive {keep_alive}, username {username})",
-            client_id=client_id,
+            client_id=terms.client_id,
             peer=self._peer(),
             version=PROTOCOL_NAMES.get(self.protocol_level, "?"),
             listener=self.listener,
@@ -297,68 +338,13 @@ class MQTTProtocol(Protocol):
         )
         session.attach(self)
 
-    def _check_connect(self, connect: Connect) -> tuple[str, bool]:
-        """Apply the broker's CONNECT rules; returns (client id, whether it was assigned)."""
-        config = self.broker.config
-        level = connect.protocol_level
-        client_id = connect.client_id
-        assigned = False
-        if not client_id:
-            if level == MQTT_3_1:
-                raise Refused("empty client id (MQTT 3.1)", ConnackCode.IDENTIFIER_REJECTED, 0x85)
-            if level < MQTT_5 and not connect.clean_start:  # [MQTT-3.1.3-8]
-                raise Refused("empty client id without clean session",
-                              ConnackCode.IDENTIFIER_REJECTED, 0x85)
-            if not config.allow_zero_length_clientid:
-                raise Refused("empty client id not allowed", ConnackCode.IDENTIFIER_REJECTED,
-                              ReasonCode.CLIENT_IDENTIFIER_NOT_VALID)
-            client_id = f"auto-{uuid.uuid4()}"  # [MQTT-3.1.3-6]
-            assigned = True
-        elif level == MQTT_3_1 and len(client_id) > MQTT31_MAX_CLIENT_ID:
-            raise Refused("client id longer than 23 characters (MQTT 3.1)",
-                          ConnackCode.IDENTIFIER_REJECTED, 0x85)
-        if level < MQTT_5 and connect.keep_alive > config.max_keepalive:
-            # 3.x cannot be told another keep alive: refused, as Mosquitto does
-            raise Refused(f"keep alive {connect.keep_alive} above max_keepalive",
-                          ConnackCode.IDENTIFIER_REJECTED, ReasonCode.UNSPECIFIED_ERROR)
-        will = connect.will
-        if will is not None:
-            if not validate_topic_name(will.topic):
-                raise Refused("invalid will topic", None, ReasonCode.TOPIC_NAME_INVALID)
-            if will.qos > config.max_qos:
-                raise Refused("will QoS above max_qos", None, ReasonCode.QOS_NOT_SUPPORTED)
-            if will.retain and not config.retain_available:
-                raise Refused("retained will not supported", None,
-                              ReasonCode.RETAIN_NOT_SUPPORTED)
-        return client_id, assigned
-
-    def _connack_properties(self, connect: Connect, assigned_id: str | None) -> dict:
-        config = self.broker.config
-        properties: dict = {
-            Property.MAXIMUM_PACKET_SIZE: config.max_packet_size,
-            Property.SUBSCRIPTION_IDENTIFIER_AVAILABLE: 0,
-            Property.SHARED_SUBSCRIPTION_AVAILABLE: 0,
-        }
-        if config.max_inflight_messages:
-            properties[Property.RECEIVE_MAXIMUM] = config.max_inflight_messages
-        if config.max_qos < 2:
-            properties[Property.MAXIMUM_QOS] = config.max_qos
-        if not config.retain_available:
-            properties[Property.RETAIN_AVAILABLE] = 0
-        if assigned_id is not None:
-            properties[Property.ASSIGNED_CLIENT_IDENTIFIER] = assigned_id
-        if connect.keep_alive > config.max_keepalive or (
-            connect.keep_alive == 0 and config.max_keepalive < 65535
-        ):
-            properties[Property.SERVER_KEEP_ALIVE] = config.max_keepalive
-        return properties
-
     def _refuse(self, refused: Refused, level: int) -> None:
         """Answer CONNECT with a refusing CONNACK (when the version has a code for it) and close."""
         self.protocol_level = level
         code = refused.code_v5 if level == MQTT_5 else refused.code_v3
-        if code is not None:
-            self._write(encode(ConnAck(False, code), level))  # [MQTT-3.2.2-5]
+        if code is not None:  # [MQTT-3.2.2-5]
+            properties = {Property.REASON_STRING: refused.reason} if level == MQTT_5 else {}
+            self._write(encode(ConnAck(False, code, properties), level))
         log.info(
             "refused connection from {peer} (listener {listener}): {reason}",
             peer=self._peer(), listener=self.listener, reason=refused.reason,
@@ -382,14 +368,21 @@ class MQTTProtocol(Protocol):
 
     def _on_publish(self, packet) -> None:
         topic = packet.topic
+        properties = packet.properties
+        expires_at = None
+        if self.protocol_level == MQTT_5 and (properties or not topic):
+            topic, properties, expires_at, reject = self._publish_v5(packet)
+            if reject:
+                self._ack(0x40 if packet.qos == 1 else 0x50, packet.packet_id, reject)
+                return
         if not topic or "+" in topic or "#" in topic:  # [MQTT-3.3.2-2], [MQTT-4.7.3-1]
             raise PacketError(f"invalid topic name {topic!r} in PUBLISH",
                               ReasonCode.TOPIC_NAME_INVALID)
         qos = packet.qos
         config = self.broker.config
-        if qos > config.max_qos:
+        if qos > config.max_qos:  # [MQTT-3.2.2-11]
             raise PacketError(f"QoS {qos} above max_qos", ReasonCode.QOS_NOT_SUPPORTED)
-        if packet.retain and not config.retain_available:
+        if packet.retain and not config.retain_available:  # [MQTT-3.2.2-14]
             raise PacketError("retained PUBLISH but retain is not available",
                               ReasonCode.RETAIN_NOT_SUPPORTED)
         # Clients cannot publish into $SYS: accepted (and acknowledged) but not routed.
@@ -398,35 +391,70 @@ class MQTTProtocol(Protocol):
         if qos == 0:
             if routed:
                 self.broker.publish(
-                    Message(topic, packet.payload, 0, packet.retain, packet.properties), session
+                    Message(topic, packet.payload, 0, packet.retain, properties, expires_at),
+                    session,
                 )
             return
         packet_id = packet.packet_id
         if qos == 1:
-            if routed:
-                self.broker.publish(
-                    Message(topic, packet.payload, 1, packet.retain, packet.properties), session
-                )
-            self._write(b"\x40\x02" + packet_id.to_bytes(2, "big"))  # PUBACK
+            matched = routed and self.broker.publish(
+                Message(topic, packet.payload, 1, packet.retain, properties, expires_at), session
+            )
+            if matched or self.protocol_level != MQTT_5:
+                self._write(b"\x40\x02" + packet_id.to_bytes(2, "big"))  # PUBACK
+            else:
+                self._ack(0x40, packet_id, ReasonCode.NO_MATCHING_SUBSCRIBERS if routed
+                          else ReasonCode.NOT_AUTHORIZED)
             return
         awaiting = session.awaiting_pubrel
+        reason = 0
         if packet_id not in awaiting:  # exactly once: a resent PUBLISH is not routed again
+            limit = config.max_inflight_messages
+            if self.protocol_level == MQTT_5 and limit and len(awaiting) >= limit:
+                raise PacketError("more unacknowledged QoS 2 PUBLISH than Receive Maximum",
+                                  ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)  # [MQTT-3.3.4-7]
             awaiting.add(packet_id)
-            if routed:
-                self.broker.publish(
-                    Message(topic, packet.payload, 2, packet.retain, packet.properties), session
-                )
-        self._write(b"\x50\x02" + packet_id.to_bytes(2, "big"))  # PUBREC
+            matched = routed and self.broker.publish(
+                Message(topic, packet.payload, 2, packet.retain, properties, expires_at), session
+            )
+            if not matched:
+                reason = ReasonCode.NO_MATCHING_SUBSCRIBERS if routed else ReasonCode.NOT_AUTHORIZED
+        self._ack(0x50, packet_id, reason)  # PUBREC
+
+    def _publish_v5(self, packet) -> tuple[str, dict, float | None, int]:
+        """MQTT 5 PUBLISH properties: topic alias, payload format, message expiry.
+
+        Returns (topic, properties to forward, expiry time, reason code to refuse it with or 0).
+        """
+        properties = packet.properties
+        topic = self._inbound_aliases.resolve(packet.topic, properties.get(TOPIC_ALIAS))
+        if TOPIC_ALIAS in properties:  # an alias belongs to this connection, not the message
+            properties = {k: v for k, v in properties.items() if k != TOPIC_ALIAS}
+        if properties.get(Property.PAYLOAD_FORMAT_INDICATOR) == 1:
+            try:
+                packet.payload.decode("utf-8")
+            except UnicodeDecodeError:
+                if packet.qos == 0:
+                    raise PacketError("payload is not the UTF-8 its format indicator says",
+                                      ReasonCode.PAYLOAD_FORMAT_INVALID) from None
+                return topic, properties, None, ReasonCode.PAYLOAD_FORMAT_INVALID
+        return topic, properties, self.broker.expiry_time(properties), 0
 
     def _on_puback(self, packet) -> None:
         self.session.puback(packet.packet_id)
 
     def _on_pubrec(self, packet) -> None:
-        self.session.pubrec(packet.packet_id)
+        failed = packet.reason_code >= 0x80
+        if not self.session.pubrec(packet.packet_id, failed) and not failed:
+            self._ack(0x62, packet.packet_id, NOT_FOUND)  # PUBREL, 0x92 in 5.0
 
     def _on_pubrel(self, packet) -> None:
-        self.session.awaiting_pubrel.discard(packet.packet_id)
-        self._write(b"\x70\x02" + packet.packet_id.to_bytes(2, "big"))  # PUBCOMP
+        awaiting = self.session.awaiting_pubrel
+        if packet.packet_id in awaiting:
+            awaiting.discard(packet.packet_id)
+            self._write(b"\x70\x02" + packet.packet_id.to_bytes(2, "big"))  # PUBCOMP
+        else:
+            self._ack(0x70, packet.packet_id, NOT_FOUND)  # [MQTT-4.3.3-11]
 
     def _on_pubcomp(self, packet) -> None:
         self.session.pubcomp(packet.packet_id)
@@ -436,22 +464,42 @@ class MQTTProtocol(Protocol):
     def _on_subscribe(self, packet: Subscribe) -> None:
         session = self.session
         requests = packet.subscriptions
+        v5 = self.protocol_level == MQTT_5
+        subscription_id = None
+        if v5:
+            ids = packet.properties.get(Property.SUBSCRIPTION_IDENTIFIER)
+            subscription_id = ids[0] if ids else None
+            for request in requests:
+                if request.no_local and request.topic_filter.startswith(SHARE_PREFIX):
+                    raise PacketError("No Local on a shared subscription",  # [MQTT-3.8.3-4]
+                                      ReasonCode.PROTOCOL_ERROR)
         existed = [r.topic_filter in session.subscriptions for r in requests]
-        codes = self.broker.subscribe(session, requests)
+        codes = self.broker.subscribe(session, requests, subscription_id)
         wire_codes = codes
-        if self.protocol_level == MQTT_5:
+        if v5:
             wire_codes = [ReasonCode.TOPIC_FILTER_INVALID if c == 0x80 else c for c in codes]
         self._send(SubAck(packet.packet_id, wire_codes))  # [MQTT-3.8.4-1]
         self.broker.send_retained(session, requests, codes, existed)
 
     def _on_unsubscribe(self, packet: Unsubscribe) -> None:
         codes = self.broker.unsubscribe(self.session, packet.topic_filters)
+        if self.protocol_level == MQTT_5:
+            codes = [ReasonCode.TOPIC_FILTER_INVALID
+                     if code and not validate_topic_filter(topic_filter) else code
+                     for code, topic_filter in zip(codes, packet.topic_filters)]
         self._send(UnsubAck(packet.packet_id, codes))  # [MQTT-3.10.4-4]
 
     def _on_pingreq(self, packet) -> None:
         self._write(PINGRESP)  # [MQTT-3.12.4-1]
 
     def _on_disconnect(self, packet) -> None:
+        if self.protocol_level == MQTT_5:
+            expiry = packet.properties.get(Property.SESSION_EXPIRY_INTERVAL)
+            if expiry is not None:
+                if self.terms.expiry_interval == 0 and expiry != 0:  # [MQTT-3.14.2-2]
+                    raise PacketError("session expiry set on DISCONNECT after 0 in CONNECT",
+                                      ReasonCode.PROTOCOL_ERROR)
+                self.session.expiry_interval = None if expiry == NEVER_EXPIRES else float(expiry)
         # A clean DISCONNECT discards the will [MQTT-3.14.4-3]; 5.0 reason 0x04 keeps it.
         keep_will = self.protocol_level == MQTT_5 and packet.reason_code == 0x04
         self._end("client sent DISCONNECT", publish_will=keep_will)

@@ -21,3 +21,9 @@ class BrokerConfig:
     connect_timeout: float = 10.0
     #: seconds after which a disconnected persistent session is removed; None = never
     persistent_client_expiration: float | None = None
+    #: MQTT 5: topic aliases a client may set (advertised in CONNACK)
+    max_topic_alias: int = 10
+    #: MQTT 5: topic aliases the broker assigns towards a client that allows them
+    max_topic_alias_broker: int = 10
+    #: MQTT 5: Response Information sent to clients that request it (PREFIX/CLIENT-ID); None = off
+    response_information: str | None = None

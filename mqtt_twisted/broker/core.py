@@ -12,7 +12,8 @@ from mqtt_twisted.broker.message import Message
 from mqtt_twisted.broker.session import Session, SessionConnection, SubscriptionOptions
 from mqtt_twisted.broker.stats import BrokerStats
 from mqtt_twisted.broker.store import MemoryRetainedStore, RetainedStore
-from mqtt_twisted.packets import SubscriptionRequest, Will
+from mqtt_twisted.broker.shared import SharedSubscriptions
+from mqtt_twisted.packets import Property, SubscriptionRequest, Will
 from mqtt_twisted.topics import SubscriptionTree, validate_topic_filter
 
 log = Logger()
@@ -21,6 +22,9 @@ SUBACK_FAILURE = 0x80
 #: one PUBLISH in this many is timed for the metrics histogram
 PUBLISH_SAMPLE_EVERY = 64
 UNSUBACK_NO_SUBSCRIPTION = 0x11
+SHARE_PREFIX = "$share/"
+WILL_DELAY = Property.WILL_DELAY_INTERVAL
+MESSAGE_EXPIRY = Property.MESSAGE_EXPIRY_INTERVAL
 
 
 class Broker:
@@ -41,6 +45,7 @@ class Broker:
         self.stats = BrokerStats()
         self.sessions: dict[str, Session] = {}
         self.subscriptions: SubscriptionTree[Session, SubscriptionOptions] = SubscriptionTree()
+        self.shared = SharedSubscriptions()
         self.connected = 0
         self.started = clock.seconds()
         #: called with the seconds one sampled PUBLISH took to route (set by /metrics)
@@ -49,12 +54,17 @@ class Broker:
     # -- sessions -------------------------------------------------------------------
 
     def open_session(
-        self, client_id: str, clean_session: bool, conn: SessionConnection
+        self,
+        client_id: str,
+        clean_start: bool,
+        expiry_interval: float | None,
+        conn: SessionConnection,
     ) -> tuple[Session, bool]:
         """Find or make the session of ``client_id`` for a new connection.
 
-        Returns the session and whether it was already present. An existing
-        connection with the same client id is closed first [MQTT-3.1.4-2]. The
+        ``expiry_interval``: seconds the session outlives the connection (0: it ends with
+        it; None: never). Returns the session and whether it was already present. An
+        existing connection with the same client id is closed first [MQTT-3.1.4-2]. The
         caller sends CONNACK, then calls ``session.attach(conn)``.
         """
         self.stats.connections_total += 1
@@ -62,35 +72,78 @@ class Broker:
         if session is not None and session.connection is not None:
             session.connection.take_over()  # ends in session_closed(), synchronously
             session = self.sessions.get(client_id)
-        if session is not None and clean_session:  # [MQTT-3.1.2-6]
+        if session is not None and clean_start:  # [MQTT-3.1.2-6], [MQTT-3.1.2-4]
             self._discard(session)
             session = None
         present = session is not None
         if session is None:
-            session = Session(client_id, clean_session, self.config, self.stats)
+            session = Session(client_id, expiry_interval, self.config, self.stats, self.clock)
             self.sessions[client_id] = session
+        else:
+            session.expiry_interval = expiry_interval
+            self._cancel_delayed_will(session)  # back in time: no will [MQTT-3.1.3-9]
         self.connected += 1
         if self.connected > self.stats.clients_maximum:
             self.stats.clients_maximum = self.connected
         return session, present
 
     def session_closed(self, session: Session, conn: SessionConnection, will: Will | None) -> None:
-        """``conn`` ended; publish ``will`` if given, keep or drop the session."""
+        """``conn`` ended; publish ``will`` (now or after its delay), keep or drop the session."""
+        handover: list = []
         if session.connection is conn:
             self.connected -= 1
-            session.detach()
-            if session.clean_session:
+            handover = session.detach()
+            expiry = session.expiry_interval
+            delay = will.properties.get(WILL_DELAY, 0) if will is not None else 0
+            if delay and expiry != 0:
+                session.delayed_will = will
+                session.will_call = self.clock.callLater(delay, self._publish_delayed_will, session)
+                will = None
+            if expiry == 0:
                 self._discard(session)
-            elif self.config.persistent_client_expiration is not None:
-                session.expiry_call = self.clock.callLater(
-                    self.config.persistent_client_expiration, self._expire, session
-                )
+            else:
+                limit = self.config.persistent_client_expiration
+                if expiry is not None and (limit is None or expiry < limit):
+                    limit = expiry
+                if limit is not None:
+                    session.expiry_call = self.clock.callLater(limit, self._expire, session)
         if will is not None:
-            self.publish(Message(will.topic, will.payload, will.qos, will.retain, will.properties))
+            self.publish(self.will_message(will))
+        for message, _qos, _retain, group in handover:
+            if not self._deliver_shared(group, message):
+                self.stats.publish_dropped += 1
+
+    def will_message(self, will: Will) -> Message:
+        """The message a will publishes: its properties without Will Delay Interval."""
+        properties = will.properties
+        if properties:
+            properties = {k: v for k, v in properties.items() if k != WILL_DELAY}
+        return Message(will.topic, will.payload, will.qos, will.retain, properties,
+                       self.expiry_time(properties))
+
+    def expiry_time(self, properties: dict) -> float | None:
+        """Clock time at which a message with these properties expires (None: never)."""
+        interval = properties.get(MESSAGE_EXPIRY) if properties else None
+        return self.clock.seconds() + interval if interval else None
+
+    def _publish_delayed_will(self, session: Session) -> None:
+        will, session.delayed_will, session.will_call = session.delayed_will, None, None
+        if will is not None:
+            self.publish(self.will_message(will))
+
+    def _cancel_delayed_will(self, session: Session) -> None:
+        if session.will_call is not None and session.will_call.active():
+            session.will_call.cancel()
+        session.will_call = None
+        session.delayed_will = None
 
     def _discard(self, session: Session) -> None:
+        """End a session: subscriptions go, a delayed will is published now."""
         for topic_filter in session.subscriptions:
-            self.subscriptions.remove(topic_filter, session)
+            if topic_filter.startswith(SHARE_PREFIX):
+                self.shared.remove(topic_filter, session)
+            else:
+                self.subscriptions.remove(topic_filter, session)
         session.subscriptions.clear()
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
@@ -98,69 +151,107 @@ class Broker:
         if call is not None and call.active():
             call.cancel()
         session.expiry_call = None
+        if session.delayed_will is not None:  # the session ended before the delay [MQTT-3.1.3-9]
+            will = session.delayed_will
+            self._cancel_delayed_will(session)
+            self.publish(self.will_message(will))
 
     def _expire(self, session: Session) -> None:
         session.expiry_call = None
         self.stats.clients_expired += 1
         log.info(
-            "session of client {client_id} expired after {seconds:g} s offline",
+            "session of client {client_id} expired",
             client_id=session.client_id,
-            seconds=self.config.persistent_client_expiration,
         )
         self._discard(session)
 
     # -- routing --------------------------------------------------------------------
 
-    def publish(self, message: Message, origin: Session | None = None) -> None:
-        """A message from a client (or its will): count it and route it."""
+    def publish(self, message: Message, origin: Session | None = None) -> bool:
+        """A message from a client (or its will): count it and route it.
+
+        Returns whether any subscription matched it."""
         stats = self.stats
         stats.publish_received += 1
         stats.publish_bytes_received += len(message.payload)
         if stats.publish_received % PUBLISH_SAMPLE_EVERY or self.publish_timer is None:
-            self.route(message, origin)
-            return
+            return self.route(message, origin)
         started = perf_counter()
-        self.route(message, origin)
+        matched = self.route(message, origin)
         self.publish_timer(perf_counter() - started)
+        return matched
 
-    def route(self, message: Message, origin: Session | None = None) -> None:
-        """Store (if retained) and deliver ``message`` to every matching subscription."""
+    def route(self, message: Message, origin: Session | None = None) -> bool:
+        """Store (if retained) and deliver ``message`` to every matching subscription.
+
+        Returns whether any subscription matched."""
         if message.retain:
             if message.payload:
                 self.retained.set(message.topic, message)
             else:  # [MQTT-3.3.1-10], [MQTT-3.3.1-11]
                 self.retained.discard(message.topic)
+        matched = False
         matches = self.subscriptions.match(message.topic)
-        if not matches:
-            return
-        msg_qos = message.qos
-        if len(matches) == 1:
-            for session, opts in matches[0].items():
-                if opts.no_local and session is origin:
-                    continue
-                session.deliver(
-                    message,
-                    msg_qos if msg_qos < opts.qos else opts.qos,
-                    message.retain and opts.retain_as_published,
-                )
-            return
-        # Overlapping subscriptions of one client: one copy at the highest QoS [MQTT-3.3.5-1]
-        best: dict[Session, SubscriptionOptions] = {}
+        if matches:
+            matched = True
+            msg_qos = message.qos
+            retain = message.retain
+            if len(matches) == 1:
+                for session, opts in matches[0].items():
+                    if opts.no_local and session is origin:  # [MQTT-3.8.3-3]
+                        continue
+                    sid = opts.subscription_id
+                    session.deliver(
+                        message,
+                        msg_qos if msg_qos < opts.qos else opts.qos,
+                        retain and opts.retain_as_published,
+                        (sid,) if sid else (),
+                    )
+            else:
+                self._deliver_merged(message, matches, origin)
+        if self.shared.groups:
+            for groups in self.shared.match(message.topic):
+                for group in groups:
+                    matched = self._deliver_shared(group, message) or matched
+        return matched
+
+    def _deliver_merged(self, message: Message, matches: list, origin: Session | None) -> None:
+        """Overlapping subscriptions of one client: one copy at the highest QoS
+        [MQTT-3.3.5-1], carrying every matching subscription identifier [MQTT-3.3.4-3]."""
+        merged: dict[Session, list] = {}
         for subscribers in matches:
             for session, opts in subscribers.items():
                 if opts.no_local and session is origin:
                     continue
-                seen = best.get(session)
-                if seen is None or opts.qos > seen.qos:
-                    best[session] = opts
-        for session, opts in best.items():
-            session.deliver(
-                message,
-                msg_qos if msg_qos < opts.qos else opts.qos,
-                message.retain and opts.retain_as_published,
-            )
+                entry = merged.get(session)
+                if entry is None:
+                    entry = merged[session] = [opts.qos, opts.retain_as_published, []]
+                else:
+                    if opts.qos > entry[0]:
+                        entry[0] = opts.qos
+                    entry[1] = entry[1] or opts.retain_as_published
+                if opts.subscription_id:
+                    entry[2].append(opts.subscription_id)
+        msg_qos = message.qos
+        for session, (qos, as_published, ids) in merged.items():
+            session.deliver(message, msg_qos if msg_qos < qos else qos,
+                            message.retain and as_published, tuple(ids))
 
-    def subscribe(self, session: Session, requests: Sequence[SubscriptionRequest]) -> list[int]:
+    def _deliver_shared(self, group, message: Message) -> bool:
+        """Give ``message`` to one member of a shared group; False if the group is empty."""
+        member = group.pick()
+        if member is None:
+            return False
+        session, opts = member
+        sid = opts.subscription_id
+        session.deliver(message, message.qos if message.qos < opts.qos else opts.qos,
+                        message.retain and opts.retain_as_published, (sid,) if sid else (), group)
+        return True
+
+    def subscribe(
+        self, session: Session, requests: Sequence[SubscriptionRequest],
+        subscription_id: int | None = None,
+    ) -> list[int]:
         """Add subscriptions; returns one SUBACK code per request (granted QoS or 0x80)."""
         codes = []
         max_qos = self.config.max_qos
@@ -171,10 +262,14 @@ class Broker:
                 continue
             qos = request.qos if request.qos < max_qos else max_qos  # [MQTT-3.9.3-2]
             opts = SubscriptionOptions(
-                qos, request.no_local, request.retain_as_published, request.retain_handling
+                qos, request.no_local, request.retain_as_published, request.retain_handling,
+                subscription_id,
             )
             session.subscriptions[topic_filter] = opts  # replaces an existing one [MQTT-3.8.4-3]
-            self.subscriptions.add(topic_filter, session, opts)
+            if topic_filter.startswith(SHARE_PREFIX):
+                self.shared.add(topic_filter, session, opts)
+            else:
+                self.subscriptions.add(topic_filter, session, opts)
             codes.append(qos)
         return codes
 
@@ -186,21 +281,32 @@ class Broker:
         existed: Sequence[bool],
     ) -> None:
         """After SUBACK: send the retained messages each granted subscription matches."""
+        now = self.clock.seconds()
         for request, code, was_there in zip(requests, codes, existed):
             if code >= SUBACK_FAILURE or request.retain_handling == 2:
                 continue
             if request.retain_handling == 1 and was_there:
                 continue
-            for _topic, message in self.retained.match(request.topic_filter):
+            if request.topic_filter.startswith(SHARE_PREFIX):
+                continue  # no retained messages on shared subscriptions (MQTT 5.0 section 4.8.2)
+            opts = session.subscriptions.get(request.topic_filter)
+            sid = opts.subscription_id if opts is not None else None
+            for topic, message in self.retained.match(request.topic_filter):
+                if message.expired(now):
+                    self.retained.discard(topic)
+                    continue
                 qos = message.qos if message.qos < code else code
-                session.deliver(message, qos, True)  # [MQTT-3.3.1-8]
+                session.deliver(message, qos, True, (sid,) if sid else ())  # [MQTT-3.3.1-8]
 
     def unsubscribe(self, session: Session, topic_filters: Sequence[str]) -> list[int]:
         """Remove subscriptions; returns a code per filter (0 or 0x11 no subscription existed)."""
         codes = []
         for topic_filter in topic_filters:
             if session.subscriptions.pop(topic_filter, None) is not None:
-                self.subscriptions.remove(topic_filter, session)
+                if topic_filter.startswith(SHARE_PREFIX):
+                    self.shared.remove(topic_filter, session)
+                else:
+                    self.subscriptions.remove(topic_filter, session)
                 codes.append(0)
             else:
                 codes.append(UNSUBACK_NO_SUBSCRIPTION)

@@ -1,17 +1,24 @@
 """An application message as the broker routes it, with its encodings cached."""
 from __future__ import annotations
 
+import math
+
 import attrs
 
-from mqtt_twisted.packets import encode_publish_parts
+from mqtt_twisted.packets import Property, encode_publish_parts
+
+MESSAGE_EXPIRY = Property.MESSAGE_EXPIRY_INTERVAL
+SUBSCRIPTION_IDENTIFIER = Property.SUBSCRIPTION_IDENTIFIER
+TOPIC_ALIAS = Property.TOPIC_ALIAS
 
 
 @attrs.define(eq=False)
 class Message:
     """One published message, shared by every subscriber it goes to.
 
-    ``parts`` encodes it once per (protocol family, QoS, retain) variant and keeps
-    the bytes, so fan-out to many subscribers costs one encoding per variant.
+    ``parts`` encodes it once per variant (protocol family, QoS, retain and, for MQTT 5,
+    subscription identifiers, topic alias and remaining expiry) and keeps the bytes, so
+    fan-out to many subscribers costs one encoding per variant, not per subscriber.
     """
 
     topic: str
@@ -19,11 +26,36 @@ class Message:
     qos: int = 0
     retain: bool = False
     properties: dict = attrs.field(factory=dict)
+    #: clock time after which the message must not be delivered (MQTT 5 Message Expiry)
+    expires_at: float | None = None
     _encoded: dict | None = attrs.field(default=None, init=False, repr=False)
 
-    def parts(self, protocol_level: int, qos: int, retain: bool) -> tuple[bytes, bytes]:
-        """(head, tail) of this message as a PUBLISH; the packet id goes between them when qos > 0."""
-        key = (protocol_level == 5, qos, retain)
+    def expired(self, now: float) -> bool:
+        """True once the Message Expiry Interval has passed [MQTT-3.3.2-5]."""
+        return self.expires_at is not None and now >= self.expires_at
+
+    def parts(
+        self,
+        protocol_level: int,
+        qos: int,
+        retain: bool,
+        subscription_ids: tuple[int, ...] = (),
+        alias: int = 0,
+        send_topic: bool = True,
+        now: float = 0.0,
+        dup: bool = False,
+    ) -> tuple[bytes, bytes]:
+        """(head, tail) of this message as a PUBLISH; the packet id goes between them
+        when qos > 0. For QoS 0 the whole packet is in ``head``."""
+        v5 = protocol_level == 5
+        if v5 and (subscription_ids or alias or self.expires_at is not None):
+            remaining = None
+            if self.expires_at is not None:  # the remaining lifetime is sent [MQTT-3.3.2-6]
+                remaining = max(0, math.ceil(self.expires_at - now))
+            key = (True, qos, retain, dup, subscription_ids, alias, send_topic, remaining)
+        else:
+            key = (v5, qos, retain, dup)
+            remaining = None
         cache = self._encoded
         if cache is None:
             cache = self._encoded = {}
@@ -31,16 +63,21 @@ class Message:
             found = cache.get(key)
             if found is not None:
                 return found
-        head, tail = encode_publish_parts(
-            self.topic, self.payload, qos, retain, False, self.properties, protocol_level
-        )
+        properties = self.properties
+        topic = self.topic
+        if len(key) > 4:
+            properties = dict(properties)
+            if subscription_ids:
+                properties[SUBSCRIPTION_IDENTIFIER] = list(subscription_ids)
+            if alias:
+                properties[TOPIC_ALIAS] = alias
+                if not send_topic:
+                    topic = ""
+            if remaining is not None:
+                properties[MESSAGE_EXPIRY] = remaining
+        head, tail = encode_publish_parts(topic, self.payload, qos, retain, dup, properties,
+                                          protocol_level)
         if qos == 0:
             head, tail = head + tail, b""
         cache[key] = (head, tail)
         return head, tail
-
-    def dup_parts(self, protocol_level: int, qos: int, retain: bool) -> tuple[bytes, bytes]:
-        """(head, tail) with the DUP flag set, for a re-delivery (rare, so not cached)."""
-        return encode_publish_parts(
-            self.topic, self.payload, qos, retain, True, self.properties, protocol_level
-        )

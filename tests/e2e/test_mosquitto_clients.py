@@ -116,8 +116,8 @@ async def test_mosquitto_sub_gets_retained_with_retained_only(broker, clients):
     # [MQTT-3.3.1-6], [MQTT-3.3.1-8]: a new subscription gets every matching retained message,
     # flagged retained (--retained-only prints only those)
     pub = await connected(clients, broker.port, "pub")
-    await pub.publish("cli/ret/a", b"A", qos=1, retain=True)
     await pub.publish("cli/ret/b", b"B", qos=0, retain=True)
+    await pub.publish("cli/ret/a", b"A", qos=1, retain=True)  # PUBACK: both are stored
     out, err, status = await mosquitto_sub(
         broker.port, "--retained-only", "-C", "2", "-t", "cli/ret/#", "-v")
     assert status == 0, err

@@ -127,10 +127,10 @@ async def test_retain_flags_on_the_wire(broker, raw, clients):
     # the same two rules checked on the bytes: RETAIN 1 for the subscription's retained
     # message [MQTT-3.3.1-8], RETAIN 0 for live traffic [MQTT-3.3.1-9]
     pub = await connected(clients, broker.port, "pub")
-    await pub.publish("wire/t", b"stored", qos=0, retain=True)
+    await pub.publish("wire/t", b"stored", qos=1, retain=True)  # stored once PUBACK came
     sub = raw(broker.port)
     await raw_connect(sub, "rawsub")
-    await raw_subscribe(sub, [("wire/t", 0)])
+    await raw_subscribe(sub, [("wire/t", 0)])  # granted 0: delivered at QoS 0
     first = parse_publish(*await read_packet(sub))
     assert (first.payload, first.retain, first.qos) == (b"stored", True, 0)
     await pub.publish("wire/t", b"live", qos=1, retain=True)

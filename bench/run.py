@@ -1,0 +1,636 @@
+"""mqtt-twisted against Mosquitto and amqtt: throughput, latency, idle connections.
+
+``make bench`` (``ARGS=--quick`` for a run under two minutes, ``ARGS=--profile`` to profile
+our broker with py-spy under fan-in and fan-out). Loopback only. The brokers run pinned to
+core 0 and the load generator (raw sockets, pre-encoded packets, one process per role,
+see gen.py) to core 1. Scenarios are interleaved broker by broker (A B C A B C ...) over
+several rounds; "ours-2" is a second, independent process of our broker, so the table shows
+the run-to-run spread of one broker. The generator's ceiling is measured against a trivial
+relay (sink.py) on the broker core.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import gen  # noqa: E402
+from gen import FAILED, GO, QUIT, READY, STOP  # noqa: E402
+
+BROKER_CORE, GEN_CORE = 0, 1
+TWISTD = ROOT / ".venv" / "bin" / "twistd"
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+AMQTT = HERE / ".venv-amqtt" / "bin" / "amqtt"
+PYSPY = ROOT / ".venv" / "bin" / "py-spy"
+ctx = mp.get_context("fork")
+
+PAYLOAD = b"p" * 64
+
+
+def log(text: str) -> None:
+    print(text, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def broker_preexec() -> None:
+    raise_nofile()
+    os.sched_setaffinity(0, {BROKER_CORE})
+    os.setsid()
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+# -- brokers -------------------------------------------------------------------------
+
+
+class Broker:
+    def __init__(self, name: str, kind: str, tmp: Path) -> None:
+        self.name, self.kind, self.tmp = name, kind, tmp
+        self.process: subprocess.Popen | None = None
+        self.port = 0
+
+    def command(self) -> list[str]:
+        port = self.port
+        if self.kind == "ours":
+            return [str(TWISTD), "-n", "--pidfile=", "mqtt",
+                    "--mqtt", f"tcp:{port}:interface=127.0.0.1", "--http", "none",
+                    "--sys-interval", "0", "--max-queued-messages", "0"]
+        if self.kind == "mosquitto":
+            conf = self.tmp / f"{self.name}-{port}.conf"
+            conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                            "max_queued_messages 100000000\npersistence false\n"
+                            "log_dest stdout\nlog_type error\nlog_type warning\n")
+            return [MOSQUITTO, "-c", str(conf)]
+        if self.kind == "amqtt":
+            conf = self.tmp / f"{self.name}-{port}.yaml"
+            conf.write_text(f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n"
+                            "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
+                            "    allow_anonymous: true\n")
+            return [str(AMQTT), "-c", str(conf)]
+        if self.kind == "sink":
+            return [sys.executable, str(HERE / "sink.py"), str(port)]
+        raise ValueError(self.kind)
+
+    def start(self) -> None:
+        self.port = free_port()
+        logfile = open(self.tmp / f"{self.name}.log", "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(self.command(), cwd=self.tmp, stdout=logfile,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        preexec_fn=broker_preexec)
+        logfile.close()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at start (see {self.tmp}/{self.name}.log)")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                time.sleep(0.2)  # let it settle
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not listen within 20 s")
+
+    def stop(self) -> None:
+        p = self.process
+        if p is None or p.poll() is not None:
+            return
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+# -- running workers -----------------------------------------------------------------
+
+
+class Run:
+    """Workers of one scenario run, with their shared counters; always cleaned up."""
+
+    def __init__(self, nslots: int, deadline: float) -> None:
+        self.ctl = ctx.RawArray("d", 3)
+        self.state = ctx.RawArray("i", nslots)
+        self.deadline = deadline
+        self.procs: list[mp.Process] = []
+
+    def spawn(self, target, *args) -> None:
+        p = ctx.Process(target=target, args=args, daemon=True)
+        p.start()
+        self.procs.append(p)
+
+    def wait_ready(self, slots, limit: float = 30.0) -> None:
+        end = time.monotonic() + limit
+        while time.monotonic() < end:
+            states = [self.state[i] for i in slots]
+            if FAILED in states:
+                raise RuntimeError("a generator worker failed to connect")
+            if all(s == READY for s in states):
+                return
+            if not any(p.is_alive() for p in self.procs):
+                break
+            time.sleep(0.01)
+        raise RuntimeError("generator workers not ready in time")
+
+    def finish(self) -> None:
+        self.ctl[STOP] = 1
+        self.ctl[QUIT] = 1
+        for p in self.procs:
+            p.join(10)
+        for p in self.procs:
+            if p.is_alive():
+                p.terminate()
+                p.join(2)
+
+
+def settle(total, expected, cap: float) -> None:
+    """Wait until total() reaches expected(), progress stops for 1 s, or cap seconds pass."""
+    end = time.monotonic() + cap
+    last, last_change = total(), time.monotonic()
+    while time.monotonic() < end and total() < expected():
+        time.sleep(0.01)
+        now = total()
+        if now != last:
+            last, last_change = now, time.monotonic()
+        elif time.monotonic() - last_change > 1.0:
+            break
+
+
+def throughput(port, cfg, publishers, subscribers_per_proc, nsubprocs, topic_filter, topics,
+               fanout, window, batch):
+    """QoS 0: delivered msgs/s over the measurement window, and messages lost after draining."""
+    nsub = nsubprocs
+    npub = len(topics)
+    deadline = time.monotonic() + cfg.setup + cfg.warmup + cfg.duration + cfg.drain + 15
+    run = Run(nsub + npub, deadline)
+    delivered = ctx.RawArray("q", nsub)
+    bad = ctx.RawArray("q", nsub)
+    sent = ctx.RawArray("q", npub)
+    size = len(gen.publish_packet(topics[0], PAYLOAD, 0))
+    tag = f"{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        for k in range(nsub):
+            ids = [f"s{tag}-{k}-{j}" for j in range(subscribers_per_proc)]
+            run.spawn(gen.subscriber, GEN_CORE, port, ids, topic_filter, 0, size, k, delivered,
+                      run.state, bad, run.ctl, deadline)
+        run.wait_ready(range(nsub))
+        for i, topic in enumerate(topics):
+            run.spawn(gen.publisher, GEN_CORE, port, f"p{tag}-{i}", topic, PAYLOAD, i, sent,
+                      delivered, fanout, window, batch, _offset(run.state, nsub), run.ctl,
+                      deadline)
+        run.wait_ready(range(nsub, nsub + npub))
+        run.ctl[GO] = 1
+        time.sleep(cfg.warmup)
+        t1, d1 = time.perf_counter(), sum(delivered)
+        time.sleep(cfg.duration)
+        t2, d2 = time.perf_counter(), sum(delivered)
+        run.ctl[STOP] = 1
+        time.sleep(0.05)
+        settle(lambda: sum(delivered), lambda: sum(sent) * fanout, cfg.drain)
+        expected = sum(sent) * fanout
+        got = sum(delivered)
+        return {"value": (d2 - d1) / (t2 - t1), "sent": expected, "delivered": got,
+                "lost": expected - got, "errors": sum(bad)}
+    finally:
+        run.finish()
+
+
+class _offset:
+    """A view of a shared int array shifted by `base` (publisher slots after subscribers)."""
+
+    def __init__(self, array, base):
+        self.array, self.base = array, base
+
+    def __setitem__(self, i, v):
+        self.array[self.base + i] = v
+
+
+def fan_in(port, cfg):
+    topics = [f"bench/in/{i}" for i in range(8)]
+    return throughput(port, cfg, None, 1, 1, "bench/in/#", topics, 1, 20_000, 100)
+
+
+def fan_out(port, cfg):
+    return throughput(port, cfg, None, 25, 4, "bench/out", ["bench/out"], 100, 100_000, 20)
+
+
+def qos1(port, cfg):
+    deadline = time.monotonic() + cfg.setup + cfg.warmup + cfg.duration + cfg.drain + 15
+    run = Run(2, deadline)
+    delivered = ctx.RawArray("q", 1)
+    bad = ctx.RawArray("q", 1)
+    sent = ctx.RawArray("q", 1)
+    acked = ctx.RawArray("q", 1)
+    topic = "bench/q1"
+    size = len(gen.publish_packet(topic, PAYLOAD, 1, 1))
+    tag = f"{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        run.spawn(gen.subscriber, GEN_CORE, port, [f"s{tag}"], topic, 1, size, 0, delivered,
+                  run.state, bad, run.ctl, deadline)
+        run.wait_ready([0])
+        run.spawn(gen.qos1_publisher, GEN_CORE, port, f"p{tag}", topic, PAYLOAD, 64, 0, sent,
+                  acked, _offset(run.state, 1), run.ctl, deadline)
+        run.wait_ready([1])
+        run.ctl[GO] = 1
+        time.sleep(cfg.warmup)
+        t1, d1 = time.perf_counter(), delivered[0]
+        time.sleep(cfg.duration)
+        t2, d2 = time.perf_counter(), delivered[0]
+        run.ctl[STOP] = 1
+        settle(lambda: min(acked[0], delivered[0]), lambda: sent[0], cfg.drain)
+        return {"value": (d2 - d1) / (t2 - t1), "sent": sent[0], "acked": acked[0],
+                "delivered": delivered[0], "lost": sent[0] - delivered[0], "errors": bad[0]}
+    finally:
+        run.finish()
+
+
+def latency(port, cfg):
+    rate = 2000
+    count = int(rate * cfg.latency_seconds)
+    deadline = time.monotonic() + cfg.setup + cfg.latency_seconds + cfg.drain + 15
+    run = Run(2, deadline)
+    samples = ctx.RawArray("d", count)
+    nsamples = ctx.RawArray("q", 1)
+    sent = ctx.RawArray("q", 1)
+    tag = f"{os.getpid()}-{time.monotonic_ns()}"
+    try:
+        run.spawn(gen.latency_subscriber, GEN_CORE, port, f"s{tag}", "bench/lat", 0, run.state,
+                  samples, nsamples, run.ctl, deadline)
+        run.wait_ready([0])
+        run.spawn(gen.latency_publisher, GEN_CORE, port, f"p{tag}", "bench/lat", rate, count, 0,
+                  sent, _offset(run.state, 1), run.ctl, deadline)
+        run.wait_ready([1])
+        run.ctl[GO] = 1
+        end = time.monotonic() + cfg.latency_seconds + 5
+        while sent[0] < count and time.monotonic() < end:
+            time.sleep(0.02)
+        settle(lambda: nsamples[0], lambda: sent[0], 3)
+        n = nsamples[0]
+        values = sorted(samples[:n])
+        if not values:
+            return {"value": float("nan"), "lost": sent[0], "sent": sent[0], "delivered": 0}
+
+        def pct(p):
+            return values[min(n - 1, int(p * n))]
+
+        return {"value": pct(0.99), "p50": pct(0.5), "max": values[-1], "sent": sent[0],
+                "delivered": n, "lost": sent[0] - n}
+    finally:
+        run.finish()
+
+
+def idle(broker: Broker, cfg):
+    """A fresh broker process; RSS growth per idle subscribed connection, and connect time."""
+    broker.start()
+    try:
+        n = cfg.idle_connections
+        nprocs = 4
+        per = n // nprocs
+        time.sleep(0.3)
+        before = rss_kib(broker.pid)
+        deadline = time.monotonic() + 30 + 20
+        run = Run(nprocs, deadline)
+        opened = ctx.RawArray("q", nprocs)
+        tag = f"{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            start = time.perf_counter()
+            for k in range(nprocs):
+                run.spawn(gen.idle_clients, GEN_CORE, broker.port, f"i{tag}-", k * per, per,
+                          f"127.0.0.{2 + k}", k, opened, run.state, run.ctl, deadline)
+            limit = time.monotonic() + 30
+            while sum(opened) < per * nprocs and time.monotonic() < limit:
+                if FAILED in list(run.state):
+                    break
+                time.sleep(0.01)
+            took = time.perf_counter() - start
+            count = sum(opened)
+            time.sleep(1.0)
+            after = rss_kib(broker.pid)
+        finally:
+            run.finish()
+        return {"value": (after - before) / max(count, 1), "connect_s": took, "opened": count,
+                "lost": per * nprocs - count, "rss_before_mib": before / 1024,
+                "rss_after_mib": after / 1024}
+    finally:
+        broker.stop()
+
+
+# -- profile -------------------------------------------------------------------------
+
+
+def profile(cfg, tmp: Path, out_dir: Path) -> None:
+    if not PYSPY.exists():
+        log("profile: py-spy not installed (make bench-deps), skipped")
+        return
+    for name, scenario in (("fan-in", fan_in), ("fan-out", fan_out)):
+        broker = Broker("ours-profiled", "ours", tmp)
+        broker.start()
+        try:
+            out = out_dir / f"profile-{name}.speedscope.json"
+            seconds = cfg.warmup + cfg.duration
+            spy = subprocess.Popen(
+                [str(PYSPY), "record", "--pid", str(broker.pid), "--format", "speedscope",
+                 "--function", "--rate", "250", "--duration", str(int(seconds + 1)),
+                 "-o", str(out)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+            result = scenario(broker.port, cfg)
+            spy.wait(30)
+            log(f"\nprofile of ours under {name} ({result['value']:,.0f} msg/s while "
+                f"sampled): {out.relative_to(ROOT)}")
+            log(top_functions(out))
+        finally:
+            broker.stop()
+
+
+def top_functions(path: Path, limit: int = 10) -> str:
+    data = json.loads(path.read_text())
+    frames = data["shared"]["frames"]
+    self_w: dict[int, float] = {}
+    incl_w: dict[int, float] = {}
+    total = 0.0
+    for prof in data["profiles"]:
+        for stack, weight in zip(prof["samples"], prof["weights"]):
+            total += weight
+            if stack:
+                self_w[stack[-1]] = self_w.get(stack[-1], 0) + weight
+            for f in set(stack):
+                incl_w[f] = incl_w.get(f, 0) + weight
+    total = total or 1
+    lines = [f"{'self %':>7} {'total %':>8}  function"]
+    for f, w in sorted(self_w.items(), key=lambda kv: -kv[1])[:limit]:
+        fr = frames[f]
+        where = f"{Path(fr.get('file', '?')).name}:{fr.get('line', '?')}"
+        lines.append(f"{100 * w / total:>7.1f} {100 * incl_w[f] / total:>8.1f}  "
+                     f"{fr['name']} ({where})")
+    return "\n".join(lines)
+
+
+# -- report --------------------------------------------------------------------------
+
+SCENARIOS = {
+    "fan-in": ("QoS 0 fan-in 8 pub -> 1 sub '#', msgs/s delivered", fan_in, True),
+    "fan-out": ("QoS 0 fan-out 1 pub -> 100 subs, msgs/s delivered", fan_out, True),
+    "qos1": ("QoS 1 1 pub (window 64) -> 1 acking sub, msgs/s", qos1, True),
+    "latency": ("latency p99 at 2,000 msg/s, ms", latency, False),
+    "idle": ("10,000 idle subscribed connections, RSS KiB/conn", None, False),
+}
+
+
+def fmt(v: float) -> str:
+    if v != v:
+        return "n/a"
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.2f}"
+
+
+def table(results: dict, names: list[str]) -> str:
+    out = []
+    for key, (title, _fn, _higher) in SCENARIOS.items():
+        per = results.get(key)
+        if not per:
+            continue
+        out.append(f"\n{title}")
+        out.append(f"  {'broker':<10} {'median':>10} {'min':>10} {'max':>10} {'runs':>4} "
+                   f"{'lost':>6}  extra")
+        for name in names:
+            runs = per.get(name)
+            if not runs:
+                continue
+            vals = [r["value"] for r in runs]
+            extra = ""
+            if key == "latency":
+                extra = (f"p50 {statistics.median(r.get('p50', float('nan')) for r in runs):.2f} "
+                         f"max {max(r.get('max', float('nan')) for r in runs):.2f} ms")
+            elif key == "idle":
+                extra = (f"connect {statistics.median(r['connect_s'] for r in runs):.1f} s, "
+                         f"opened {min(r['opened'] for r in runs)}, RSS "
+                         f"{runs[-1]['rss_before_mib']:.0f} -> {runs[-1]['rss_after_mib']:.0f} MiB")
+            errors = sum(r.get("errors", 0) for r in runs)
+            if errors:
+                extra += f" framing/connection errors {errors}"
+            out.append(f"  {name:<10} {fmt(statistics.median(vals)):>10} {fmt(min(vals)):>10} "
+                       f"{fmt(max(vals)):>10} {len(vals):>4} "
+                       f"{sum(r.get('lost', 0) for r in runs):>6}  {extra}")
+        ours = per.get("ours")
+        if ours:
+            mine = statistics.median(r["value"] for r in ours)
+            ratios = []
+            for name in names:
+                if name != "ours" and per.get(name):
+                    other = statistics.median(r["value"] for r in per[name])
+                    ratios.append(f"ours/{name} {mine / other:.2f}" if other else
+                                  f"ours/{name} n/a")
+            if ratios:
+                out.append("  ratio (medians): " + ", ".join(ratios))
+    return "\n".join(out)
+
+
+def targets(results: dict) -> str:
+    def med(key, name):
+        runs = results.get(key, {}).get(name)
+        return statistics.median(r["value"] for r in runs) if runs else None
+
+    lines = ["\nTargets"]
+
+    def check(label, ok, detail):
+        state = "n/a " if ok is None else ("MET " if ok else "MISS")
+        lines.append(f"  [{state}] {label}: {detail}")
+
+    for key, label, bound in (("fan-in", "fan-in >= 0.5 x Mosquitto", 0.5),
+                              ("fan-out", "fan-out >= 0.5 x Mosquitto", 0.5),
+                              ("qos1", "QoS 1 >= 0.4 x Mosquitto", 0.4)):
+        a, b = med(key, "ours"), med(key, "mosquitto")
+        check(label, None if a is None or b is None else a / b >= bound,
+              "skipped" if a is None or b is None else f"{a / b:.2f}")
+    a, b = med("latency", "ours"), med("latency", "mosquitto")
+    check("latency p99 <= 2 x Mosquitto", None if a is None or b is None else a <= 2 * b,
+          "skipped" if a is None or b is None else f"{a:.2f} ms vs {b:.2f} ms ({a / b:.2f} x)")
+    runs = results.get("idle", {}).get("ours")
+    if runs:
+        kib = statistics.median(r["value"] for r in runs)
+        secs = max(r["connect_s"] for r in runs)
+        opened = min(r["opened"] for r in runs)
+        check("idle <= 15 KiB/conn, all connect within 30 s",
+              kib <= 15 and secs <= 30 and not sum(r["lost"] for r in runs),
+              f"{kib:.1f} KiB/conn, {opened} opened in {secs:.1f} s")
+    else:
+        check("idle <= 15 KiB/conn", None, "skipped")
+    qlost = sum(r.get("lost", 0) for runs in results.get("qos1", {}).values() for r in runs)
+    check("QoS 1 messages lost == 0 (every broker)", qlost == 0 if results.get("qos1") else None,
+          f"{qlost} lost")
+    for key in ("fan-in", "fan-out", "qos1"):
+        a, b = med(key, "ours"), med(key, "amqtt")
+        check(f"{key} >= 5 x amqtt", None if a is None or b is None else a / b >= 5,
+              "skipped" if a is None or b is None else f"{a / b:.1f} x")
+    a, b = med("idle", "ours"), med("idle", "amqtt")
+    if a is not None and b is not None:
+        lines.append(f"  [info] idle RSS/conn: ours {a:.1f} KiB, amqtt {b:.1f} KiB")
+    return "\n".join(lines)
+
+
+class Config:
+    def __init__(self, quick: bool, rounds: int | None) -> None:
+        self.quick = quick
+        self.rounds = rounds or (2 if quick else 5)
+        self.setup = 30.0
+        self.warmup = 0.3 if quick else 0.5
+        self.duration = 1.0 if quick else 3.0
+        self.drain = 4.0 if quick else 10.0
+        self.latency_seconds = 2.0 if quick else 5.0
+        self.idle_connections = 10_000
+        self.idle_rounds = 1 if quick else 2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter runs (< 2 min)")
+    parser.add_argument("--rounds", type=int, help="rounds of every scenario (default 2 / 5)")
+    parser.add_argument("--only", help="comma-separated scenarios: " + ",".join(SCENARIOS))
+    parser.add_argument("--brokers", help="comma-separated: ours,ours-2,mosquitto,amqtt")
+    parser.add_argument("--profile", action="store_true",
+                        help="only profile our broker with py-spy under fan-in and fan-out")
+    parser.add_argument("--no-ceiling", action="store_true")
+    parser.add_argument("--no-matching", action="store_true")
+    args = parser.parse_args()
+    cfg = Config(args.quick, args.rounds)
+    began = time.monotonic()
+    raise_nofile()
+    if len(os.sched_getaffinity(0)) < 2 or (os.cpu_count() or 1) < 2:
+        log("warning: fewer than 2 cores; broker and generator will share a core")
+        globals()["GEN_CORE"] = BROKER_CORE
+    os.sched_setaffinity(0, {GEN_CORE})
+    out_dir = HERE / "results"
+    out_dir.mkdir(exist_ok=True)
+    only = args.only.split(",") if args.only else list(SCENARIOS)
+    with tempfile.TemporaryDirectory(prefix="mqtt-bench-") as tmpname:
+        tmp = Path(tmpname)
+        if args.profile:
+            profile(cfg, tmp, out_dir)
+            log(f"(total {time.monotonic() - began:.0f} s)")
+            return
+        available = {"ours": TWISTD.exists(), "ours-2": TWISTD.exists(),
+                     "mosquitto": Path(MOSQUITTO).exists(), "amqtt": AMQTT.exists()}
+        wanted = args.brokers.split(",") if args.brokers else list(available)
+        names = [n for n in wanted if available.get(n)]
+        for n in wanted:
+            if not available.get(n):
+                log(f"skipped {n}: not installed (make bench-deps)")
+        kinds = {"ours": "ours", "ours-2": "ours", "mosquitto": "mosquitto", "amqtt": "amqtt"}
+        log(f"brokers: {', '.join(names)}; rounds: {cfg.rounds}; broker core {BROKER_CORE}, "
+            f"generator core {GEN_CORE}; {'quick' if cfg.quick else 'full'} run")
+        results: dict = {}
+        if not args.no_ceiling:
+            sink = Broker("sink", "sink", tmp)
+            sink.start()
+            try:
+                ceiling = {}
+                for key in ("fan-in", "fan-out", "qos1", "latency"):
+                    if key in only:
+                        ceiling[key] = SCENARIOS[key][1](sink.port, cfg)
+                log("generator ceiling (trivial relay sink.py on the broker core): " + ", ".join(
+                    f"{k} {fmt(v['value'])}{' ms' if k == 'latency' else '/s'}"
+                    for k, v in ceiling.items()))
+            finally:
+                sink.stop()
+        running = {}
+        try:
+            throughput_keys = [k for k in ("fan-in", "fan-out", "qos1", "latency") if k in only]
+            if throughput_keys:
+                for name in names:
+                    running[name] = Broker(name, kinds[name], tmp)
+                    running[name].start()
+            for rnd in range(cfg.rounds):
+                order = names if rnd % 2 == 0 else names[::-1]
+                for key in throughput_keys:
+                    for name in order:
+                        broker = running[name]
+                        if broker.process.poll() is not None:
+                            log(f"{name} died; see {tmp}/{name}.log")
+                            continue
+                        try:
+                            r = SCENARIOS[key][1](broker.port, cfg)
+                        except Exception as error:  # noqa: BLE001
+                            log(f"round {rnd + 1} {key} {name}: FAILED {error}")
+                            continue
+                        results.setdefault(key, {}).setdefault(name, []).append(r)
+                        log(f"round {rnd + 1} {key:<8} {name:<10} {fmt(r['value']):>10} "
+                            f"lost {r.get('lost', 0)}")
+        finally:
+            for broker in running.values():
+                broker.stop()
+        if "idle" in only:
+            idle_names = [n for n in names if n != "ours-2"]
+            for rnd in range(cfg.idle_rounds):
+                for name in idle_names:
+                    try:
+                        r = idle(Broker(f"{name}-idle", kinds[name], tmp), cfg)
+                    except Exception as error:  # noqa: BLE001
+                        log(f"idle {name}: FAILED {error}")
+                        continue
+                    results.setdefault("idle", {}).setdefault(name, []).append(r)
+                    log(f"round {rnd + 1} idle     {name:<10} {r['value']:.1f} KiB/conn, "
+                        f"{r['opened']} in {r['connect_s']:.1f} s")
+        log("\n=== Results (" + ("quick" if cfg.quick else "full") + " run) ===")
+        if not args.no_ceiling and ceiling:
+            log("generator ceiling (trivial relay): " + ", ".join(
+                f"{k} {fmt(v['value'])}{' ms p99' if k == 'latency' else ' msg/s'}"
+                for k, v in ceiling.items()))
+        log(table(results, names))
+        log(targets(results))
+        if "ours" in names and "ours-2" in names:
+            spread = []
+            for key in throughput_keys:
+                a = results.get(key, {}).get("ours")
+                b = results.get(key, {}).get("ours-2")
+                if a and b:
+                    ma = statistics.median(r["value"] for r in a)
+                    mb = statistics.median(r["value"] for r in b)
+                    spread.append(f"{key} {100 * abs(ma - mb) / max(ma, mb):.0f}%")
+            log("\nspread between two processes of ours (|ours - ours-2| / max): "
+                + ", ".join(spread))
+        (out_dir / "last.json").write_text(json.dumps(results, indent=1))
+    if not args.no_matching:
+        import matching
+        log("")
+        log(matching.report(cfg.quick))
+    log(f"\n(total {time.monotonic() - began:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
