@@ -88,6 +88,14 @@ class Options(usage.Options):
          "yes|no: whether clients may connect with an empty client id.", yes_no],
         ["connect-timeout", None, 10.0,
          "Seconds a connection may stay open without sending CONNECT.", _positive_float],
+        ["max-topic-alias", None, 10,
+         "MQTT 5: topic aliases a client may set (0 = none).", _bounded_int(0, 65535)],
+        ["max-topic-alias-broker", None, 10,
+         "MQTT 5: topic aliases the broker assigns to clients that allow them (0 = none).",
+         _bounded_int(0, 65535)],
+        ["response-information", None, None,
+         "MQTT 5: Response Information PREFIX for clients that request it "
+         "(they get PREFIX/CLIENT-ID; off by default)."],
         ["log-format", None, "text",
          "text|json: json writes one JSON object per log event (one per line) to standard output.",
          lambda text: {"text": "text", "json": "json"}[text.lower()]],
@@ -179,6 +187,9 @@ class Options(usage.Options):
             allow_zero_length_clientid=self["allow-zero-length-clientid"],
             connect_timeout=self["connect-timeout"],
             persistent_client_expiration=self["persistent-client-expiration"],
+            max_topic_alias=self["max-topic-alias"],
+            max_topic_alias_broker=self["max-topic-alias-broker"],
+            response_information=self["response-information"],
         )
 
 

@@ -362,3 +362,100 @@ async def raw_subscribe(client: RawClient, filters, packet_id: int = 1) -> list[
     assert got is not None and got[0] == 0x90, f"expected SUBACK, got {got!r}"
     assert int.from_bytes(got[1][:2], "big") == packet_id
     return list(got[1][2:])
+
+
+# -- MQTT 5 helpers (appended for the test_v5_* tests) ---------------------------------------
+
+
+def record_publish_reasons(client: Paho) -> queue.Queue:
+    """From now on also put (mid, reason code) of each acknowledged PUBLISH into a queue.
+
+    paho reports the reason code of PUBACK (QoS 1) and PUBCOMP (QoS 2) to on_publish."""
+    reasons = getattr(client, "publish_reasons", None)
+    if reasons is None:
+        reasons = client.publish_reasons = queue.Queue()
+
+        def on_publish(cl, userdata, mid, rc, props) -> None:
+            reasons.put((mid, rc))
+            client.published.put(mid)
+
+        client.client.on_publish = on_publish
+    return reasons
+
+
+async def publish_reason(client: Paho, topic: str, payload=b"", qos: int = 1,
+                         retain: bool = False, **kwargs) -> int:
+    """Publish at QoS 1/2 and return the reason code (int) the broker acknowledged it with."""
+    reasons = record_publish_reasons(client)
+    info = client.client.publish(topic, payload, qos, retain, **kwargs)
+    while True:
+        mid, rc = await get(reasons)
+        if mid == info.mid:
+            return rc.value if hasattr(rc, "value") else int(rc)
+
+
+def v5_connect_bytes(client_id: str, clean_start: bool = True, keep_alive: int = 60,
+                     properties: dict | None = None, will=None) -> bytes:
+    """An MQTT 5.0 CONNECT."""
+    from mqtt_twisted.packets import Connect, encode
+
+    return encode(Connect(client_id, 5, "MQTT", clean_start, keep_alive, will=will,
+                          properties=properties or {}), 5)
+
+
+def v5_bytes(packet_object) -> bytes:
+    """Any packet object of mqtt_twisted.packets encoded as MQTT 5.0."""
+    from mqtt_twisted.packets import encode
+
+    return encode(packet_object, 5)
+
+
+def decode_packet(first_byte: int, body: bytes, level: int = 5):
+    """A packet read by read_packet, decoded as the client sees it (mqtt_twisted.packets)."""
+    from mqtt_twisted.packets import Parser
+
+    parser = Parser(protocol_level=level, client_side=True)
+    parser.feed(bytes([first_byte]) + remaining_length(len(body)) + body)
+    return parser.next_packet()
+
+
+async def read_v5(client: RawClient, timeout: float = TIMEOUT):
+    """The next packet from a raw MQTT 5.0 client, decoded; None on timeout or close."""
+    got = await read_packet(client, timeout)
+    return None if got is None else decode_packet(*got, level=5)
+
+
+async def raw_v5_connect(client: RawClient, client_id: str, **kwargs):
+    """Send an MQTT 5.0 CONNECT and check the CONNACK accepts it; returns the CONNACK."""
+    client.send(v5_connect_bytes(client_id, **kwargs))
+    connack = await read_v5(client)
+    assert connack is not None and connack.return_code == 0, f"bad CONNACK {connack!r}"
+    return connack
+
+
+# -- more MQTT 5 helpers (appended for test_v5_connect/session/flow/aliases) -----------------
+
+
+def paho_props(packet_type: str, **values):
+    """A paho ``Properties`` for ``packet_type`` ("CONNECT", "PUBLISH", "WILLMESSAGE",
+    "DISCONNECT", ...) with the given attributes (paho names: SessionExpiryInterval=60)."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    props = Properties(getattr(PacketTypes, packet_type))
+    for name, value in values.items():
+        setattr(props, name, value)
+    return props
+
+
+def reason_int(rc) -> int:
+    """A paho ReasonCode (or plain int) as an int."""
+    return rc.value if hasattr(rc, "value") else int(rc)
+
+
+async def wait_until(predicate, timeout: float = 3.0) -> None:
+    """Wait (without blocking the reactor) until ``predicate()`` is true."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await sleep(0.02)

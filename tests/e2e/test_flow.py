@@ -10,6 +10,7 @@ from .mqttclient import (
     PUBACK,
     RawClient,
     TIMEOUT,
+    _read_packet,
     ack_packet,
     connect_packet,
     parse_publish,
@@ -193,8 +194,6 @@ async def test_slow_reader_is_bounded_and_others_keep_working(start_broker, clie
 
 def _drain_publishes(client: RawClient, quiet: float) -> list[int]:
     """Read PUBLISH packets until none comes for ``quiet`` seconds; their sequence numbers."""
-    from .mqttclient import _read_packet
-
     numbers = []
     while True:
         got = _read_packet(client.sock, quiet)
