@@ -303,7 +303,8 @@ class MQTTProtocol(Protocol):
                     raise Refused("no client certificate to take the username from",
                                   ConnackCode.NOT_AUTHORIZED, ReasonCode.NOT_AUTHORIZED)
         except Refused as refused:
-            self._refuse(refused, self.protocol_level)
+            problem_information = connect.properties.get(Property.REQUEST_PROBLEM_INFORMATION, 1)
+            self._refuse(refused, self.protocol_level, bool(problem_information))
             return
         self.terms = terms
         self.keep_alive = terms.keep_alive
@@ -338,12 +339,15 @@ class MQTTProtocol(Protocol):
         )
         session.attach(self)
 
-    def _refuse(self, refused: Refused, level: int) -> None:
-        """Answer CONNECT with a refusing CONNACK (when the version has a code for it) and close."""
+    def _refuse(self, refused: Refused, level: int, problem_information: bool = True) -> None:
+        """Answer CONNECT with a refusing CONNACK (when the version has a code for it) and close.
+
+        The Reason String is left out when the client sent Request Problem Information 0."""
         self.protocol_level = level
         code = refused.code_v5 if level == MQTT_5 else refused.code_v3
         if code is not None:  # [MQTT-3.2.2-5]
-            properties = {Property.REASON_STRING: refused.reason} if level == MQTT_5 else {}
+            properties = ({Property.REASON_STRING: refused.reason}
+                          if level == MQTT_5 and problem_information else {})
             self._write(encode(ConnAck(False, code, properties), level))
         log.info(
             "refused connection from {peer} (listener {listener}): {reason}",
@@ -419,6 +423,8 @@ class MQTTProtocol(Protocol):
             )
             if not matched:
                 reason = ReasonCode.NO_MATCHING_SUBSCRIBERS if routed else ReasonCode.NOT_AUTHORIZED
+                if not routed and self.protocol_level == MQTT_5:
+                    awaiting.discard(packet_id)  # refused: the id is free again [MQTT-4.3.3-9]
         self._ack(0x50, packet_id, reason)  # PUBREC
 
     def _publish_v5(self, packet) -> tuple[str, dict, float | None, int]:
