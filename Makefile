@@ -7,7 +7,7 @@ PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q
 EDITABLE := --config-settings editable_mode=compat
 ARGS ?=
 
-.PHONY: run test install install-test clean
+.PHONY: run test install install-test clean bench bench-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,17 @@ run: install
 ## make test: install the test extra and run the whole suite
 test: install-test
 	$(BIN)/python -m pytest $(ARGS)
+
+## make bench: ours vs Mosquitto and amqtt when installed (ARGS=--quick: under 2 minutes)
+bench: install
+	ulimit -n 65536 2>/dev/null || ulimit -n $$(ulimit -Hn); $(BIN)/python bench/run.py $(ARGS)
+
+## make bench-deps: Debian's mosquitto, amqtt in bench/.venv-amqtt, py-spy in .venv
+bench-deps: install
+	test -x /usr/sbin/mosquitto || (apt-get update && apt-get install -y --no-install-recommends mosquitto)
+	test -x bench/.venv-amqtt/bin/amqtt || ($(PYTHON) -m venv bench/.venv-amqtt && \
+		bench/.venv-amqtt/bin/pip install --disable-pip-version-check -q amqtt)
+	$(PIP_INSTALL) py-spy
 
 clean:
 	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache

@@ -108,6 +108,12 @@ class MQTTProtocol(Protocol):
             stats.listener_connections.get(self.listener, 0) + 1
         )
         self._last_seen = self._clock.seconds()
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:  # small MQTT packets must not wait for Nagle's algorithm
+            try:
+                set_no_delay(True)
+            except OSError:
+                pass
         self.transport.registerProducer(self, True)
         self._connect_timer = self._clock.callLater(
             self.broker.config.connect_timeout, self._connect_timed_out

@@ -124,12 +124,17 @@ class SubscriptionTree(Generic[K, V]):
     Filters are assumed valid; shared subscriptions are not special here.
     """
 
+    #: topics whose match result is remembered until the next add/remove
+    CACHE_SIZE = 4096
+
     def __init__(self) -> None:
         self._root = _SubNode(0)
         self._count = 0
+        self._cache: dict[str, list[dict[K, V]]] = {}
 
     def add(self, topic_filter: str, key: K, value: V) -> bool:
         """Subscribe ``key``; True if new, False if it replaced a value."""
+        self._cache.clear()
         node = self._root
         for level in topic_filter.split("/"):
             children = node.children
@@ -150,6 +155,7 @@ class SubscriptionTree(Generic[K, V]):
 
     def remove(self, topic_filter: str, key: K) -> bool:
         """Unsubscribe ``key``; True if it was subscribed. Prunes empty nodes."""
+        self._cache.clear()
         path: list[tuple[_SubNode, str]] = []
         node = self._root
         for level in topic_filter.split("/"):
@@ -191,7 +197,21 @@ class SubscriptionTree(Generic[K, V]):
         return subs.get(key) if subs else None
 
     def match(self, topic: str) -> list[dict[K, V]]:
-        """The (live, non-empty) subscriber dicts of every filter matching ``topic``."""
+        """The (live, non-empty) subscriber dicts of every filter matching ``topic``.
+
+        Results are cached per topic until the tree changes; callers must not modify them.
+        """
+        cached = self._cache.get(topic)
+        if cached is not None:
+            return cached
+        result = self._match(topic)
+        cache = self._cache
+        if len(cache) >= self.CACHE_SIZE:
+            cache.clear()
+        cache[topic] = result
+        return result
+
+    def _match(self, topic: str) -> list[dict[K, V]]:
         result: list[dict[K, V]] = []
         root = self._root
         if not root.children:
