@@ -3,6 +3,7 @@
 OASIS MQTT 5.0: 3.1.2.11 (CONNECT properties), 3.2.2.3 (CONNACK properties).
 """
 import paho.mqtt.client as mqtt
+import pytest
 import pytest_twisted
 
 from mqtt_twisted.packets import Connect, Disconnect, PacketType, Property, ReasonCode
@@ -290,3 +291,23 @@ async def test_unsupported_protocol_version_connack(broker, raw):
     sock.send(bytes(data))
     assert await read_whole(sock) == b"\x20\x02\x00\x01"
     assert await sock.closed()
+
+
+@pytest.mark.parametrize("properties", [
+    {Property.RECEIVE_MAXIMUM: 0},
+    {Property.MAXIMUM_PACKET_SIZE: 0},
+    {Property.REQUEST_PROBLEM_INFORMATION: 2},
+    {Property.REQUEST_RESPONSE_INFORMATION: 2},
+], ids=["receive-maximum-0", "maximum-packet-size-0", "problem-information-2",
+        "response-information-2"])
+@pytest_twisted.ensureDeferred
+async def test_invalid_connect_property_value_closes(broker, raw, properties):
+    """A CONNECT property with a value the spec calls a Protocol Error (3.1.2.11.3,
+    3.1.2.11.4, 3.1.2.11.6, 3.1.2.11.7): no session; the connection is closed, with at most a
+    refusing CONNACK (4.13.1 lets the server send CONNACK 0x82 or just close)."""
+    sock = raw(broker.port)
+    sock.send(v5_connect_bytes("invalid", properties=properties))
+    packet = await read_v5(sock, 2.0)
+    assert packet is None or (packet.type == PacketType.CONNACK and packet.return_code >= 0x80)
+    assert await sock.closed()
+    assert "invalid" not in broker.broker.sessions

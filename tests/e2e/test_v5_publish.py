@@ -6,6 +6,7 @@ import pytest
 import pytest_twisted
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from mqtt_twisted.packets import (
     Property,
@@ -54,6 +55,11 @@ async def v5_client(clients, port, client_id, **connect):
     client = clients(port, client_id=client_id, protocol=V5)
     await client.connect(**connect)
     return client
+
+
+def many(*filters) -> list:
+    """paho's MQTT 5 form of a multi-filter SUBSCRIBE: [(filter, SubscribeOptions)]."""
+    return [(topic_filter, SubscribeOptions(qos=qos)) for topic_filter, qos in filters]
 
 
 def codes(reason_codes) -> list[int]:
@@ -283,20 +289,23 @@ async def test_publish_into_sys_is_not_authorized(broker, raw, clients):
 
 
 @pytest_twisted.ensureDeferred
-async def test_suback_reason_codes(start_broker, clients):
-    # section 3.9.3: granted QoS 0/1/2 [MQTT-3.9.3-1] (in request order), 0x8F Topic Filter
-    # invalid for "a/#/b" [MQTT-4.7.1-1]; the granted QoS is capped by the broker's maximum
-    # [MQTT-3.2.2-9] / section 3.8.4
+async def test_suback_reason_codes(start_broker, raw):
+    # section 3.9.3: one code per filter in request order [MQTT-3.9.3-1]: the granted QoS
+    # capped by the broker's maximum (section 3.8.4: the Server MAY grant a lower QoS),
+    # 0x8F Topic Filter invalid for "a/#/b" [MQTT-4.7.1-1] (paho refuses to send it: raw)
     broker = start_broker(max_qos=1)
-    sub = await v5_client(clients, broker.port, "sub")
-    got = await sub.subscribe([("s/0", 0), ("s/1", 1), ("s/2", 2), ("a/#/b", 1), ("s/+", 2)])
-    assert codes(got) == [0, 1, 1, 0x8F, 1]
+    client = raw(broker.port)
+    await raw_v5_connect(client, "raw5")
+    client.send(v5_bytes(Subscribe(9, [SubscriptionRequest(f, q) for f, q in (
+        ("s/0", 0), ("s/1", 1), ("s/2", 2), ("a/#/b", 1), ("s/+", 2))])))
+    suback = await read_v5(client)
+    assert (suback.packet_id, suback.reason_codes) == (9, [0, 1, 1, 0x8F, 1])
 
 
 @pytest_twisted.ensureDeferred
 async def test_suback_grants_qos_2(broker, clients):
     sub = await v5_client(clients, broker.port, "sub")
-    got = await sub.subscribe([("g/0", 0), ("g/1", 1), ("g/2", 2)])
+    got = await sub.subscribe(many(("g/0", 0), ("g/1", 1), ("g/2", 2)))
     assert codes(got) == [0, 1, 2]
 
 
@@ -330,3 +339,23 @@ async def test_raw_suback_and_puback_bytes(broker, raw):
     assert puback == PubAck(5, 0x00)
     assert (publish.topic, publish.payload, publish.qos) == ("w/1", b"x", 1)
     assert Property.SUBSCRIPTION_IDENTIFIER not in publish.properties
+
+
+@pytest_twisted.ensureDeferred
+async def test_qos2_payload_format_invalid_pubrec_0x99_frees_packet_id(broker, raw, clients):
+    # section 3.3.2.3.2: PUBREC 0x99 (Payload format invalid), the message is not delivered;
+    # as the PUBREC is >= 0x80 the packet id may be reused for a new message [MQTT-4.3.3-9]
+    sub = await v5_client(clients, broker.port, "sub")
+    await sub.subscribe("pfi2/t", 2)
+    client = raw(broker.port)
+    await raw_v5_connect(client, "raw5")
+    utf8 = {Property.PAYLOAD_FORMAT_INDICATOR: 1}
+    client.send(v5_bytes(Publish("pfi2/t", b"\xc3\x28", qos=2, packet_id=8, properties=utf8)))
+    assert await read_v5(client) == PubRec(8, 0x99)
+    client.send(v5_bytes(Publish("pfi2/t", "é".encode(), qos=2, packet_id=8, properties=utf8)))
+    assert await read_v5(client) == PubRec(8, 0x00)
+    client.send(v5_bytes(PubRel(8)))
+    assert await read_v5(client) == PubComp(8, 0x00)
+    messages = await sub.messages_for(0.5)
+    assert [(m.payload, m.properties.PayloadFormatIndicator) for m in messages] == [
+        ("é".encode(), 1)]
