@@ -183,6 +183,11 @@ class MQTTProtocol(Protocol):
         """Another connection took this client id [MQTT-3.1.4-2]."""
         self._end("session taken over", publish_will=True, reason_code=ReasonCode.SESSION_TAKEN_OVER)
 
+    def shut_down(self) -> None:
+        """The broker is stopping: DISCONNECT 0x8B (5.0) and close, without the will."""
+        self._end("server shutting down", publish_will=False,
+                  reason_code=ReasonCode.SERVER_SHUTTING_DOWN)
+
     # -- flow control (IPushProducer: the transport tells us when its buffer is full) --
 
     def pauseProducing(self) -> None:
@@ -301,6 +306,9 @@ class MQTTProtocol(Protocol):
         broker = self.broker
         config = broker.config
         try:
+            if not broker.accepting:
+                raise Refused("server shutting down", ConnackCode.SERVER_UNAVAILABLE,
+                              ReasonCode.SERVER_UNAVAILABLE)
             terms = check_connect(connect, config)
             self.username = connect.username
             if self.use_identity_as_username:

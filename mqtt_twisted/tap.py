@@ -284,6 +284,11 @@ class BrokerService(MultiService):
         gc.set_threshold(100_000, 50, 1000)
         super().startService()
 
+    def stopService(self):
+        # Clients first (DISCONNECT 0x8B to 5.0 clients), then the listeners.
+        self.broker.shutdown()
+        return super().stopService()
+
     def setServiceParent(self, parent):
         # twistd's AppLogger uses the application's ILogObserver component when it has one.
         if self.log_observer is not None and hasattr(parent, "setComponent"):

@@ -47,6 +47,8 @@ class Broker:
         self.subscriptions: SubscriptionTree[Session, SubscriptionOptions] = SubscriptionTree()
         self.shared = SharedSubscriptions()
         self.connected = 0
+        #: False once the broker is shutting down: new connections are refused
+        self.accepting = True
         self.started = clock.seconds()
         #: called with the seconds one sampled PUBLISH took to route (set by /metrics)
         self.publish_timer: Callable[[float], None] | None = None
@@ -86,6 +88,13 @@ class Broker:
         if self.connected > self.stats.clients_maximum:
             self.stats.clients_maximum = self.connected
         return session, present
+
+    def shutdown(self) -> None:
+        """Refuse new connections and close every open one (no wills: the client did not fail)."""
+        self.accepting = False
+        for session in list(self.sessions.values()):
+            if session.connection is not None:
+                session.connection.shut_down()
 
     def session_closed(self, session: Session, conn: SessionConnection, will: Will | None) -> None:
         """``conn`` ended; publish ``will`` (now or after its delay), keep or drop the session."""

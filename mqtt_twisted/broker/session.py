@@ -51,6 +51,9 @@ class SessionConnection(Protocol):
     def take_over(self) -> None:
         """Close this connection because another one took its client id."""
 
+    def shut_down(self) -> None:
+        """Close this connection because the broker is stopping."""
+
 
 @attrs.define(eq=False)
 class SubscriptionOptions:

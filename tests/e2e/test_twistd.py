@@ -127,3 +127,23 @@ def test_listen_failure_is_one_clear_error(twistd):
     assert f"cannot listen on tcp:{port}" in second.stdout
     assert "Traceback" not in second.stdout + second.stderr
     assert first.poll() is None
+
+
+def test_stopping_the_broker_tells_mqtt5_clients(twistd):
+    """SIGTERM: an MQTT 5 client gets DISCONNECT 0x8B (server shutting down)."""
+    port = free_port()
+    process = twistd("--mqtt", f"tcp:{port}:interface=127.0.0.1", "--http", "none")
+    reasons: queue.Queue = queue.Queue()
+    connected: queue.Queue = queue.Queue()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="v5-stop", protocol=mqtt.MQTTv5)
+    client.on_connect = lambda c, u, flags, rc, props: connected.put(rc)
+    client.on_disconnect = lambda c, u, flags, rc, props: reasons.put(rc)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        assert connected.get(timeout=5) == 0
+        process.terminate()
+        assert reasons.get(timeout=10).value == 0x8B
+        process.wait(10)  # twistd ends by re-raising SIGTERM, as Twisted does
+    finally:
+        client.loop_stop()

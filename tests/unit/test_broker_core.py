@@ -165,3 +165,24 @@ def test_mqtt31_connect_uses_mqisdp():
     subscribe(client, "a")
     client.send(Publish("a", b"hi"))
     assert [p.payload for p in client.received()] == [b"hi"]
+
+
+def test_shutdown_disconnects_clients_and_refuses_new_ones():
+    """Stopping: 5.0 clients get DISCONNECT 0x8B, no will is published, and a CONNECT
+    arriving meanwhile gets CONNACK 3 (server unavailable) / 0x88 [MQTT-3.2.2-6]."""
+    broker, clock = make_broker()
+    watcher = connected(broker, "watcher")
+    subscribe(watcher, "w")
+    v5 = connected(broker, "v5", level=5, will=Will("w", b"will"))
+    broker.shutdown()
+    assert [p.reason_code for p in v5.received()] == [0x8B]
+    assert v5.closed and watcher.closed
+    assert watcher.received() == []
+    late = FakeClient(broker)
+    late.send(Connect("late"))
+    assert late.received() == [ConnAck(False, 3)]
+    assert late.closed
+    late5 = FakeClient(broker, level=5)
+    late5.send(Connect("late5", 5))
+    (connack,) = late5.received()
+    assert connack.return_code == 0x88
