@@ -77,7 +77,7 @@ def broker_rows(sizes, seconds):
         for n in sizes:
             broker = Broker(Clock())
             for i in range(n):  # offline persistent sessions: no connection
-                session, _ = broker.open_session(f"c{i}", False, None, None)
+                session, _ = broker.open_session(f"c{i}", False, None)
                 broker.subscribe(session, [SubscriptionRequest(f"t/{i}/x", 0)])
             message = Message("t/0/x", b"x" * 64, 0)
             rows.append((n, time_per_call(broker.publish, message, seconds) * 1e6))

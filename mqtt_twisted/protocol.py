@@ -331,7 +331,7 @@ class MQTTProtocol(Protocol):
                 self._outbound_aliases = OutboundAliases(terms.topic_alias_maximum)
             properties = connack_properties(terms, config)
         session, present = broker.open_session(
-            terms.client_id, connect.clean_start, terms.expiry_interval, self
+            terms.client_id, connect.clean_start, terms.expiry_interval
         )
         self.session = session
         self.will = connect.will

@@ -60,14 +60,13 @@ class Broker:
         client_id: str,
         clean_start: bool,
         expiry_interval: float | None,
-        conn: SessionConnection,
     ) -> tuple[Session, bool]:
         """Find or make the session of ``client_id`` for a new connection.
 
         ``expiry_interval``: seconds the session outlives the connection (0: it ends with
         it; None: never). Returns the session and whether it was already present. An
         existing connection with the same client id is closed first [MQTT-3.1.4-2]. The
-        caller sends CONNACK, then calls ``session.attach(conn)``.
+        caller sends CONNACK, then calls ``session.attach(connection)``.
         """
         self.stats.connections_total += 1
         session = self.sessions.get(client_id)
