@@ -85,19 +85,6 @@ class MQTTProtocol(Protocol):
         self._connect_timer = None
         self._keepalive_timer = None
         self._abort_timer = None
-        self._handlers = {
-            PacketType.CONNECT: self._on_connect,
-            PacketType.PUBLISH: self._on_publish,
-            PacketType.PUBACK: self._on_puback,
-            PacketType.PUBREC: self._on_pubrec,
-            PacketType.PUBREL: self._on_pubrel,
-            PacketType.PUBCOMP: self._on_pubcomp,
-            PacketType.SUBSCRIBE: self._on_subscribe,
-            PacketType.UNSUBSCRIBE: self._on_unsubscribe,
-            PacketType.PINGREQ: self._on_pingreq,
-            PacketType.DISCONNECT: self._on_disconnect,
-            PacketType.AUTH: self._on_auth,
-        }
 
     # -- connection lifetime ----------------------------------------------------------
 
@@ -211,14 +198,14 @@ class MQTTProtocol(Protocol):
         stats.bytes_received += len(data)
         parser = self._parser
         parser.feed(data)
-        handlers = self._handlers
+        handlers = HANDLERS
         try:
             while not self._ended:
                 packet = parser.next_packet()
                 if packet is None:
                     return
                 stats.messages_received += 1
-                handlers[packet.type](packet)
+                handlers[packet.type](self, packet)
         except UnsupportedProtocolVersion as error:
             self._refuse(
                 Refused(str(error.message), ConnackCode.UNACCEPTABLE_PROTOCOL_VERSION,
@@ -526,6 +513,22 @@ class MQTTProtocol(Protocol):
 
     def _on_auth(self, packet) -> None:
         raise PacketError("AUTH without an authentication method", ReasonCode.PROTOCOL_ERROR)
+
+
+#: packet type -> MQTTProtocol method (one table for all connections)
+HANDLERS = {
+    PacketType.CONNECT: MQTTProtocol._on_connect,
+    PacketType.PUBLISH: MQTTProtocol._on_publish,
+    PacketType.PUBACK: MQTTProtocol._on_puback,
+    PacketType.PUBREC: MQTTProtocol._on_pubrec,
+    PacketType.PUBREL: MQTTProtocol._on_pubrel,
+    PacketType.PUBCOMP: MQTTProtocol._on_pubcomp,
+    PacketType.SUBSCRIBE: MQTTProtocol._on_subscribe,
+    PacketType.UNSUBSCRIBE: MQTTProtocol._on_unsubscribe,
+    PacketType.PINGREQ: MQTTProtocol._on_pingreq,
+    PacketType.DISCONNECT: MQTTProtocol._on_disconnect,
+    PacketType.AUTH: MQTTProtocol._on_auth,
+}
 
 
 class MQTTFactory(Factory):

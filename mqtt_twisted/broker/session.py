@@ -83,6 +83,12 @@ class Inflight:
 class Session:
     """State of one client id, connected or not."""
 
+    __slots__ = (
+        "client_id", "expiry_interval", "subscriptions", "connection", "inflight", "queue",
+        "awaiting_pubrel", "expiry_call", "delayed_will", "will_call", "dropped", "_dropping",
+        "_next_id", "_stats", "_clock", "_max_window", "_window", "_max_queued",
+    )
+
     def __init__(
         self,
         client_id: str,
