@@ -24,7 +24,6 @@ from mqtt_twisted.packets import (
     PubAck,
     PubRel,
     Publish,
-    ReasonCode,
     Subscribe,
     SubscriptionRequest,
     UnsupportedProtocolVersion,
@@ -32,46 +31,7 @@ from mqtt_twisted.packets import (
     encode_varint,
 )
 
-MAL = ReasonCode.MALFORMED_PACKET
-PROTO = ReasonCode.PROTOCOL_ERROR
-
-
-def frame(b0: int, body: bytes) -> bytes:
-    return bytes([b0]) + encode_varint(len(body)) + body
-
-
-def s(text: str | bytes) -> bytes:
-    raw = text.encode() if isinstance(text, str) else text
-    return len(raw).to_bytes(2, "big") + raw
-
-
-def connect(
-    name: bytes = b"MQTT",
-    level: int = 4,
-    flags: int = 0x02,
-    props: bytes = b"\x00",
-    payload: bytes = s("cid"),
-) -> bytes:
-    body = s(name) + bytes([level, flags]) + b"\x00\x3c"
-    if level == 5:
-        body += props
-    return frame(0x10, body + payload)
-
-
-def parse(data: bytes, level: int | None = None, **kw: Any) -> list[Any]:
-    parser = Parser(level, **kw)
-    parser.feed(data)
-    out = []
-    while (pkt := parser.next_packet()) is not None:
-        out.append(pkt)
-    return out
-
-
-def fails(data: bytes, reason: int, level: int | None = None, **kw: Any) -> PacketError:
-    with pytest.raises(PacketError) as info:
-        parse(data, level, **kw)
-    assert info.value.reason_code == reason, info.value
-    return info.value
+from .codec_helpers import MAL, PROTO, connect, fails, frame, parse, s  # noqa: F401
 
 
 def client(data: bytes, level: int) -> list[Any]:
