@@ -10,6 +10,8 @@ from mqtt_twisted.packets import Property, encode_publish_parts
 MESSAGE_EXPIRY = Property.MESSAGE_EXPIRY_INTERVAL
 SUBSCRIPTION_IDENTIFIER = Property.SUBSCRIPTION_IDENTIFIER
 TOPIC_ALIAS = Property.TOPIC_ALIAS
+#: encodings kept per message for MQTT 5 per-subscriber variants (ids, aliases, expiry)
+MAX_CACHED_VARIANTS = 32
 
 
 @attrs.define(eq=False)
@@ -79,5 +81,6 @@ class Message:
                                           protocol_level)
         if qos == 0:
             head, tail = head + tail, b""
-        cache[key] = (head, tail)
+        if len(key) == 4 or len(cache) < MAX_CACHED_VARIANTS:
+            cache[key] = (head, tail)  # per-subscriber variants are bounded (retained messages live long)
         return head, tail

@@ -219,3 +219,19 @@ def test_no_local_and_overlap_in_core():
     packets = me.received()
     assert [type(p).__name__ for p in packets] == ["Publish", "PubAck"]
     assert (packets[0].payload, packets[0].qos) == (b"mine", 0)
+
+
+def test_per_subscriber_variants_do_not_grow_a_message_without_bound():
+    """A long-lived (retained) message re-sent with ever new subscription ids keeps a bounded
+    number of cached encodings, and every copy is still encoded right."""
+    from mqtt_twisted.broker.message import MAX_CACHED_VARIANTS, Message
+    from mqtt_twisted.packets import Parser, Property
+
+    message = Message("r/t", b"payload", 1, True)
+    for sid in range(1, 200):
+        head, tail = message.parts(5, 1, True, (sid,))
+        parser = Parser(protocol_level=5, client_side=True)
+        parser.feed(head + b"\x00\x01" + tail)
+        packet = parser.next_packet()
+        assert packet.properties[Property.SUBSCRIPTION_IDENTIFIER] == [sid]
+    assert len(message._encoded) <= MAX_CACHED_VARIANTS
