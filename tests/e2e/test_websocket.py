@@ -14,10 +14,10 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.threads import deferToThread
 
-from mqtt_twisted.packets import Will
+from mqtt_twisted.packets import Connect, Subscribe, SubscriptionRequest, Will, encode
 
 from .mqttclient import connect_bytes, packet, publish_packet, subscribe_bytes
-from .transports import (TCP_ENDPOINT, certificates, serve,  # noqa: F401
+from .transports import (TCP_ENDPOINT, certificates, listen, serve,  # noqa: F401
                          ssl_endpoint, tclients, websockets)
 
 CONNACK_OK = b"\x20\x02\x00\x00"
@@ -297,3 +297,43 @@ async def test_websocket_without_connect_is_closed_after_connect_timeout(serve, 
     ws = await websockets(served.http[0])
     assert await deferToThread(ws.handshake) == 101
     assert await deferToThread(ws.closed, 3.0) == 1000
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_websocket_reader_is_bounded(certificates, listen, websockets, clients):
+    """Flow control reaches WebSocket clients too: a browser that stops reading gets a
+    bounded queue (max_queued_messages) and drops, while TCP clients keep going."""
+    from .test_flow import Counter
+
+    served = await listen(certificates, max_queued_messages=100)
+    slow = await websockets(served.ports["ws"])
+    assert await deferToThread(slow.handshake) == 101
+    slow.send_binary(encode(Connect("ws-slow", 4, keep_alive=0), 4))
+    assert (await deferToThread(slow.read_mqtt, 4))[:1] == b"\x20"
+    slow.send_binary(encode(Subscribe(1, [SubscriptionRequest("flood/ws", 0)]), 4))
+    assert await deferToThread(slow.read_mqtt, 5) == b"\x90\x03\x00\x01\x00"
+    # from here on, the WebSocket client reads nothing
+
+    fast = clients(served.ports["tcp"], client_id="fast")
+    counter = Counter()
+    fast.client.on_message = counter.on_message
+    await fast.connect()
+    await fast.subscribe("flood/ws", 0)
+    pub = clients(served.ports["tcp"], client_id="pub")
+    await pub.connect()
+    session = served.broker.sessions["ws-slow"]
+    pad = b"x" * (4096 - 8)
+    total, batch = 8_000, 200  # 32 MiB: more than the kernel's socket buffers hold
+    max_queue = max_buffered = 0
+    for start in range(0, total, batch):
+        for i in range(start, start + batch):
+            pub.client.publish("flood/ws", b"%08d" % i + pad, 0)
+        assert await counter.wait_for(start + batch) == start + batch
+        max_queue = max(max_queue, len(session.queue))
+        tcp = session.connection.transport._websocket.transport  # under the WebSocket
+        buffered = len(tcp.dataBuffer) - tcp.offset + tcp._tempDataLen
+        max_buffered = max(max_buffered, buffered)
+    assert counter.in_order
+    assert max_queue <= 100
+    assert served.broker.stats.publish_dropped > 0
+    assert max_buffered < 2 * 1024 * 1024, max_buffered
