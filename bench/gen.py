@@ -5,6 +5,7 @@ counters (``multiprocessing.RawArray``, no locks: one writer per slot), and ever
 bounded by a deadline. Control slots: ``ctl[GO]`` is set when all workers are ready,
 ``ctl[STOP]`` when publishing must end, ``ctl[QUIT]`` when everybody must leave.
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,9 @@ def wait_flag(ctl, index: int, deadline: float) -> bool:
 # -- subscribers ---------------------------------------------------------------------
 
 
-def subscriber(core, port, client_ids, topic_filter, qos, size, slot, delivered, state, bad,
-               ctl, deadline):
+def subscriber(
+    core, port, client_ids, topic_filter, qos, size, slot, delivered, state, bad, ctl, deadline
+):
     """Subscribe every client id, then count fixed-size PUBLISHes; ack them at QoS 1."""
     pin(core)
     socks = []
@@ -67,7 +69,7 @@ def subscriber(core, port, client_ids, topic_filter, qos, size, slot, delivered,
             s = key.fileobj
             try:
                 data = s.recv(1 << 20)
-            except (BlockingIOError, socket.timeout):
+            except (TimeoutError, BlockingIOError):
                 continue
             except OSError:
                 data = b""
@@ -113,8 +115,9 @@ def subscriber(core, port, client_ids, topic_filter, qos, size, slot, delivered,
         s.close()
 
 
-def latency_subscriber(core, port, client_id, topic_filter, slot, state, samples, nsamples,
-                       ctl, deadline):
+def latency_subscriber(
+    core, port, client_id, topic_filter, slot, state, samples, nsamples, ctl, deadline
+):
     """One QoS 0 subscriber recording (receive time - send time stamped in the payload)."""
     pin(core)
     try:
@@ -131,7 +134,7 @@ def latency_subscriber(core, port, client_id, topic_filter, slot, state, samples
     while time.monotonic() < deadline and not ctl[QUIT]:
         try:
             data = s.recv(65536)
-        except socket.timeout:
+        except TimeoutError:
             continue
         except OSError:
             break
@@ -161,8 +164,22 @@ def latency_subscriber(core, port, client_id, topic_filter, slot, state, samples
 # -- publishers ----------------------------------------------------------------------
 
 
-def publisher(core, port, client_id, topic, payload, slot, sent, delivered, fanout, window,
-              batch, state, ctl, deadline):
+def publisher(
+    core,
+    port,
+    client_id,
+    topic,
+    payload,
+    slot,
+    sent,
+    delivered,
+    fanout,
+    window,
+    batch,
+    state,
+    ctl,
+    deadline,
+):
     """QoS 0 at full speed, but never more than ``window`` deliveries ahead of the subscribers."""
     pin(core)
     try:
@@ -191,8 +208,9 @@ def publisher(core, port, client_id, topic, payload, slot, sent, delivered, fano
     s.close()
 
 
-def qos1_publisher(core, port, client_id, topic, payload, window, slot, sent, acked, state,
-                   ctl, deadline):
+def qos1_publisher(
+    core, port, client_id, topic, payload, window, slot, sent, acked, state, ctl, deadline
+):
     """QoS 1 with at most ``window`` PUBLISHes waiting for their PUBACK."""
     pin(core)
     try:
@@ -232,7 +250,7 @@ def qos1_publisher(core, port, client_id, topic, payload, window, slot, sent, ac
                 sent[slot] = n
             try:
                 data = s.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             if not data:
                 break
@@ -250,8 +268,7 @@ def qos1_publisher(core, port, client_id, topic, payload, window, slot, sent, ac
     s.close()
 
 
-def latency_publisher(core, port, client_id, topic, rate, count, slot, sent, state, ctl,
-                      deadline):
+def latency_publisher(core, port, client_id, topic, rate, count, slot, sent, state, ctl, deadline):
     """``count`` QoS 0 messages at a fixed ``rate``, each stamped with its send time."""
     pin(core)
     try:
@@ -287,8 +304,7 @@ def latency_publisher(core, port, client_id, topic, rate, count, slot, sent, sta
 # -- idle connections ----------------------------------------------------------------
 
 
-def idle_clients(core, port, prefix, first, count, source, slot, opened, state, ctl,
-                 deadline):
+def idle_clients(core, port, prefix, first, count, source, slot, opened, state, ctl, deadline):
     """Open ``count`` connections, each subscribed to its own topic, and hold them."""
     pin(core)
     socks = []
@@ -297,8 +313,9 @@ def idle_clients(core, port, prefix, first, count, source, slot, opened, state, 
         for i in range(first, first + count):
             if time.monotonic() > deadline or ctl[QUIT]:
                 break
-            socks.append(open_client(port, f"{prefix}{i}", f"idle/{i}", 0, source=source,
-                                     pipelined=True))
+            socks.append(
+                open_client(port, f"{prefix}{i}", f"idle/{i}", 0, source=source, pipelined=True)
+            )
             opened[slot] = len(socks)
     except Exception as error:  # noqa: BLE001
         print(f"idle clients {slot}: {error} after {len(socks)}", flush=True)

@@ -4,6 +4,7 @@ Pure and in-process: ``.venv/bin/python bench/matching.py [--quick]``. A trie sh
 the cost of one match depend on the topic's depth and on how many filters match, not on how
 many subscriptions exist.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,10 +57,15 @@ def tree_rows(sizes, seconds):
         topic_hit = f"site/{site}/dev/{dev}/temp3"  # one exact filter and its '#' neighbour
         topic_miss = "other/thing/that/matches/nothing"
         hits = sum(len(d) for d in tree.match(topic_hit))
-        rows.append((n, hits,
-                     time_per_call(tree._match, topic_hit, seconds) * 1e6,  # the trie walk
-                     time_per_call(tree._match, topic_miss, seconds) * 1e6,
-                     time_per_call(tree.match, topic_hit, seconds) * 1e6))  # cached
+        rows.append(
+            (
+                n,
+                hits,
+                time_per_call(tree._match, topic_hit, seconds) * 1e6,  # the trie walk
+                time_per_call(tree._match, topic_miss, seconds) * 1e6,
+                time_per_call(tree.match, topic_hit, seconds) * 1e6,
+            )
+        )  # cached
     return rows
 
 
@@ -89,9 +95,11 @@ def broker_rows(sizes, seconds):
 def report(quick: bool) -> str:
     sizes = (10, 1_000, 100_000)
     seconds = 0.2 if quick else 1.0
-    lines = ["Matching scaling (in-process, pure; generator core)",
-             f"{'subscriptions':>13} {'matched':>8} {'trie walk hit µs':>17} "
-             f"{'trie walk miss µs':>18} {'match() cached µs':>18}"]
+    lines = [
+        "Matching scaling (in-process, pure; generator core)",
+        f"{'subscriptions':>13} {'matched':>8} {'trie walk hit µs':>17} "
+        f"{'trie walk miss µs':>18} {'match() cached µs':>18}",
+    ]
     for n, hits, hit, miss, cached in tree_rows(sizes, seconds):
         lines.append(f"{n:>13,} {hits:>8} {hit:>17.2f} {miss:>18.2f} {cached:>18.2f}")
     rows = broker_rows(sizes, seconds)

@@ -8,6 +8,7 @@ several rounds; "ours-2" is a second, independent process of our broker, so the 
 the run-to-run spread of one broker. The generator's ceiling is measured against a trivial
 relay (sink.py) on the broker core.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -85,21 +86,36 @@ class Broker:
     def command(self) -> list[str]:
         port = self.port
         if self.kind == "ours":
-            return [str(TWISTD), "-n", "--pidfile=", "mqtt",
-                    "--mqtt", f"tcp:{port}:interface=127.0.0.1", "--http", "none",
-                    "--sys-interval", "0", "--max-queued-messages", "0"]
+            return [
+                str(TWISTD),
+                "-n",
+                "--pidfile=",
+                "mqtt",
+                "--mqtt",
+                f"tcp:{port}:interface=127.0.0.1",
+                "--http",
+                "none",
+                "--sys-interval",
+                "0",
+                "--max-queued-messages",
+                "0",
+            ]
         if self.kind == "mosquitto":
             conf = self.tmp / f"{self.name}-{port}.conf"
-            conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                            "max_queued_messages 100000000\npersistence false\n"
-                            "log_dest stdout\nlog_type error\nlog_type warning\n"
-                            + ("set_tcp_nodelay true\n" if MOSQUITTO_NODELAY else ""))
+            conf.write_text(
+                f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                "max_queued_messages 100000000\npersistence false\n"
+                "log_dest stdout\nlog_type error\nlog_type warning\n"
+                + ("set_tcp_nodelay true\n" if MOSQUITTO_NODELAY else "")
+            )
             return [MOSQUITTO, "-c", str(conf)]
         if self.kind == "amqtt":
             conf = self.tmp / f"{self.name}-{port}.yaml"
-            conf.write_text(f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n"
-                            "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
-                            "    allow_anonymous: true\n")
+            conf.write_text(
+                f"listeners:\n  default:\n    type: tcp\n    bind: 127.0.0.1:{port}\n"
+                "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
+                "    allow_anonymous: true\n"
+            )
             return [str(AMQTT), "-c", str(conf)]
         if self.kind == "sink":
             return [sys.executable, str(HERE / "sink.py"), str(port)]
@@ -112,9 +128,15 @@ class Broker:
         if self.kind == "ours" and os.environ.get("BENCH_OURS_PYTHONPATH"):
             # experiments: a patched copy of mqtt_twisted first on the path
             env["PYTHONPATH"] = os.environ["BENCH_OURS_PYTHONPATH"]
-        self.process = subprocess.Popen(self.command(), cwd=self.tmp, stdout=logfile, env=env,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        preexec_fn=broker_preexec)
+        self.process = subprocess.Popen(
+            self.command(),
+            cwd=self.tmp,
+            stdout=logfile,
+            env=env,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=broker_preexec,
+        )
         logfile.close()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -199,8 +221,18 @@ def settle(total, expected, cap: float) -> None:
             break
 
 
-def throughput(port, cfg, publishers, subscribers_per_proc, nsubprocs, topic_filter, topics,
-               fanout, window, batch):
+def throughput(
+    port,
+    cfg,
+    publishers,
+    subscribers_per_proc,
+    nsubprocs,
+    topic_filter,
+    topics,
+    fanout,
+    window,
+    batch,
+):
     """QoS 0: delivered msgs/s over the measurement window, and messages lost after draining."""
     nsub = nsubprocs
     npub = len(topics)
@@ -214,13 +246,40 @@ def throughput(port, cfg, publishers, subscribers_per_proc, nsubprocs, topic_fil
     try:
         for k in range(nsub):
             ids = [f"s{tag}-{k}-{j}" for j in range(subscribers_per_proc)]
-            run.spawn(gen.subscriber, GEN_CORE, port, ids, topic_filter, 0, size, k, delivered,
-                      run.state, bad, run.ctl, deadline)
+            run.spawn(
+                gen.subscriber,
+                GEN_CORE,
+                port,
+                ids,
+                topic_filter,
+                0,
+                size,
+                k,
+                delivered,
+                run.state,
+                bad,
+                run.ctl,
+                deadline,
+            )
         run.wait_ready(range(nsub))
         for i, topic in enumerate(topics):
-            run.spawn(gen.publisher, GEN_CORE, port, f"p{tag}-{i}", topic, PAYLOAD, i, sent,
-                      delivered, fanout, window, batch, _offset(run.state, nsub), run.ctl,
-                      deadline)
+            run.spawn(
+                gen.publisher,
+                GEN_CORE,
+                port,
+                f"p{tag}-{i}",
+                topic,
+                PAYLOAD,
+                i,
+                sent,
+                delivered,
+                fanout,
+                window,
+                batch,
+                _offset(run.state, nsub),
+                run.ctl,
+                deadline,
+            )
         run.wait_ready(range(nsub, nsub + npub))
         run.ctl[GO] = 1
         time.sleep(cfg.warmup)
@@ -232,8 +291,13 @@ def throughput(port, cfg, publishers, subscribers_per_proc, nsubprocs, topic_fil
         settle(lambda: sum(delivered), lambda: sum(sent) * fanout, cfg.drain)
         expected = sum(sent) * fanout
         got = sum(delivered)
-        return {"value": (d2 - d1) / (t2 - t1), "sent": expected, "delivered": got,
-                "lost": expected - got, "errors": sum(bad)}
+        return {
+            "value": (d2 - d1) / (t2 - t1),
+            "sent": expected,
+            "delivered": got,
+            "lost": expected - got,
+            "errors": sum(bad),
+        }
     finally:
         run.finish()
 
@@ -268,11 +332,37 @@ def qos1(port, cfg):
     size = len(gen.publish_packet(topic, PAYLOAD, 1, 1))
     tag = f"{os.getpid()}-{time.monotonic_ns()}"
     try:
-        run.spawn(gen.subscriber, GEN_CORE, port, [f"s{tag}"], topic, 1, size, 0, delivered,
-                  run.state, bad, run.ctl, deadline)
+        run.spawn(
+            gen.subscriber,
+            GEN_CORE,
+            port,
+            [f"s{tag}"],
+            topic,
+            1,
+            size,
+            0,
+            delivered,
+            run.state,
+            bad,
+            run.ctl,
+            deadline,
+        )
         run.wait_ready([0])
-        run.spawn(gen.qos1_publisher, GEN_CORE, port, f"p{tag}", topic, PAYLOAD, 64, 0, sent,
-                  acked, _offset(run.state, 1), run.ctl, deadline)
+        run.spawn(
+            gen.qos1_publisher,
+            GEN_CORE,
+            port,
+            f"p{tag}",
+            topic,
+            PAYLOAD,
+            64,
+            0,
+            sent,
+            acked,
+            _offset(run.state, 1),
+            run.ctl,
+            deadline,
+        )
         run.wait_ready([1])
         run.ctl[GO] = 1
         time.sleep(cfg.warmup)
@@ -281,8 +371,14 @@ def qos1(port, cfg):
         t2, d2 = time.perf_counter(), delivered[0]
         run.ctl[STOP] = 1
         settle(lambda: min(acked[0], delivered[0]), lambda: sent[0], cfg.drain)
-        return {"value": (d2 - d1) / (t2 - t1), "sent": sent[0], "acked": acked[0],
-                "delivered": delivered[0], "lost": sent[0] - delivered[0], "errors": bad[0]}
+        return {
+            "value": (d2 - d1) / (t2 - t1),
+            "sent": sent[0],
+            "acked": acked[0],
+            "delivered": delivered[0],
+            "lost": sent[0] - delivered[0],
+            "errors": bad[0],
+        }
     finally:
         run.finish()
 
@@ -297,11 +393,34 @@ def latency(port, cfg):
     sent = ctx.RawArray("q", 1)
     tag = f"{os.getpid()}-{time.monotonic_ns()}"
     try:
-        run.spawn(gen.latency_subscriber, GEN_CORE, port, f"s{tag}", "bench/lat", 0, run.state,
-                  samples, nsamples, run.ctl, deadline)
+        run.spawn(
+            gen.latency_subscriber,
+            GEN_CORE,
+            port,
+            f"s{tag}",
+            "bench/lat",
+            0,
+            run.state,
+            samples,
+            nsamples,
+            run.ctl,
+            deadline,
+        )
         run.wait_ready([0])
-        run.spawn(gen.latency_publisher, GEN_CORE, port, f"p{tag}", "bench/lat", rate, count, 0,
-                  sent, _offset(run.state, 1), run.ctl, deadline)
+        run.spawn(
+            gen.latency_publisher,
+            GEN_CORE,
+            port,
+            f"p{tag}",
+            "bench/lat",
+            rate,
+            count,
+            0,
+            sent,
+            _offset(run.state, 1),
+            run.ctl,
+            deadline,
+        )
         run.wait_ready([1])
         run.ctl[GO] = 1
         end = time.monotonic() + cfg.latency_seconds + 5
@@ -316,8 +435,14 @@ def latency(port, cfg):
         def pct(p):
             return values[min(n - 1, int(p * n))]
 
-        return {"value": pct(0.99), "p50": pct(0.5), "max": values[-1], "sent": sent[0],
-                "delivered": n, "lost": sent[0] - n}
+        return {
+            "value": pct(0.99),
+            "p50": pct(0.5),
+            "max": values[-1],
+            "sent": sent[0],
+            "delivered": n,
+            "lost": sent[0] - n,
+        }
     finally:
         run.finish()
 
@@ -338,8 +463,20 @@ def idle(broker: Broker, cfg):
         try:
             start = time.perf_counter()
             for k in range(nprocs):
-                run.spawn(gen.idle_clients, GEN_CORE, broker.port, f"i{tag}-", k * per, per,
-                          f"127.0.0.{2 + k}", k, opened, run.state, run.ctl, deadline)
+                run.spawn(
+                    gen.idle_clients,
+                    GEN_CORE,
+                    broker.port,
+                    f"i{tag}-",
+                    k * per,
+                    per,
+                    f"127.0.0.{2 + k}",
+                    k,
+                    opened,
+                    run.state,
+                    run.ctl,
+                    deadline,
+                )
             limit = time.monotonic() + (30 if broker.kind == "ours" else cfg.idle_other_limit)
             while sum(opened) < per * nprocs and time.monotonic() < limit:
                 if FAILED in list(run.state):
@@ -351,9 +488,14 @@ def idle(broker: Broker, cfg):
             after = rss_kib(broker.pid)
         finally:
             run.finish()
-        return {"value": (after - before) / max(count, 1), "connect_s": took, "opened": count,
-                "lost": per * nprocs - count, "rss_before_mib": before / 1024,
-                "rss_after_mib": after / 1024}
+        return {
+            "value": (after - before) / max(count, 1),
+            "connect_s": took,
+            "opened": count,
+            "lost": per * nprocs - count,
+            "rss_before_mib": before / 1024,
+            "rss_after_mib": after / 1024,
+        }
     finally:
         broker.stop()
 
@@ -372,15 +514,31 @@ def profile(cfg, tmp: Path, out_dir: Path) -> None:
             out = out_dir / f"profile-{name}.speedscope.json"
             seconds = cfg.warmup + cfg.duration
             spy = subprocess.Popen(
-                [str(PYSPY), "record", "--pid", str(broker.pid), "--format", "speedscope",
-                 "--function", "--rate", "250", "--duration", str(int(seconds + 1)),
-                 "-o", str(out)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                [
+                    str(PYSPY),
+                    "record",
+                    "--pid",
+                    str(broker.pid),
+                    "--format",
+                    "speedscope",
+                    "--function",
+                    "--rate",
+                    "250",
+                    "--duration",
+                    str(int(seconds + 1)),
+                    "-o",
+                    str(out),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             time.sleep(0.5)
             result = scenario(broker.port, cfg)
             spy.wait(30)
-            log(f"\nprofile of ours under {name} ({result['value']:,.0f} msg/s while "
-                f"sampled): {out.relative_to(ROOT)}")
+            log(
+                f"\nprofile of ours under {name} ({result['value']:,.0f} msg/s while "
+                f"sampled): {out.relative_to(ROOT)}"
+            )
             log(top_functions(out))
         finally:
             broker.stop()
@@ -404,8 +562,9 @@ def top_functions(path: Path, limit: int = 10) -> str:
     for f, w in sorted(self_w.items(), key=lambda kv: -kv[1])[:limit]:
         fr = frames[f]
         where = f"{Path(fr.get('file', '?')).name}:{fr.get('line', '?')}"
-        lines.append(f"{100 * w / total:>7.1f} {100 * incl_w[f] / total:>8.1f}  "
-                     f"{fr['name']} ({where})")
+        lines.append(
+            f"{100 * w / total:>7.1f} {100 * incl_w[f] / total:>8.1f}  {fr['name']} ({where})"
+        )
     return "\n".join(lines)
 
 
@@ -433,8 +592,10 @@ def table(results: dict, names: list[str]) -> str:
         if not per:
             continue
         out.append(f"\n{title}")
-        out.append(f"  {'broker':<10} {'median':>10} {'min':>10} {'max':>10} {'runs':>4} "
-                   f"{'lost':>6}  extra")
+        out.append(
+            f"  {'broker':<10} {'median':>10} {'min':>10} {'max':>10} {'runs':>4} "
+            f"{'lost':>6}  extra"
+        )
         for name in names:
             runs = per.get(name)
             if not runs:
@@ -442,18 +603,24 @@ def table(results: dict, names: list[str]) -> str:
             vals = [r["value"] for r in runs]
             extra = ""
             if key == "latency":
-                extra = (f"p50 {statistics.median(r.get('p50', float('nan')) for r in runs):.2f} "
-                         f"max {max(r.get('max', float('nan')) for r in runs):.2f} ms")
+                extra = (
+                    f"p50 {statistics.median(r.get('p50', float('nan')) for r in runs):.2f} "
+                    f"max {max(r.get('max', float('nan')) for r in runs):.2f} ms"
+                )
             elif key == "idle":
-                extra = (f"connect {statistics.median(r['connect_s'] for r in runs):.1f} s, "
-                         f"opened {min(r['opened'] for r in runs)}, RSS "
-                         f"{runs[-1]['rss_before_mib']:.0f} -> {runs[-1]['rss_after_mib']:.0f} MiB")
+                extra = (
+                    f"connect {statistics.median(r['connect_s'] for r in runs):.1f} s, "
+                    f"opened {min(r['opened'] for r in runs)}, RSS "
+                    f"{runs[-1]['rss_before_mib']:.0f} -> {runs[-1]['rss_after_mib']:.0f} MiB"
+                )
             errors = sum(r.get("errors", 0) for r in runs)
             if errors:
                 extra += f" framing/connection errors {errors}"
-            out.append(f"  {name:<10} {fmt(statistics.median(vals)):>10} {fmt(min(vals)):>10} "
-                       f"{fmt(max(vals)):>10} {len(vals):>4} "
-                       f"{sum(r.get('lost', 0) for r in runs):>6}  {extra}")
+            out.append(
+                f"  {name:<10} {fmt(statistics.median(vals)):>10} {fmt(min(vals)):>10} "
+                f"{fmt(max(vals)):>10} {len(vals):>4} "
+                f"{sum(r.get('lost', 0) for r in runs):>6}  {extra}"
+            )
         ours = per.get("ours")
         if ours:
             mine = statistics.median(r["value"] for r in ours)
@@ -461,8 +628,9 @@ def table(results: dict, names: list[str]) -> str:
             for name in names:
                 if name != "ours" and per.get(name):
                     other = statistics.median(r["value"] for r in per[name])
-                    ratios.append(f"ours/{name} {mine / other:.2f}" if other else
-                                  f"ours/{name} n/a")
+                    ratios.append(
+                        f"ours/{name} {mine / other:.2f}" if other else f"ours/{name} n/a"
+                    )
             if ratios:
                 out.append("  ratio (medians): " + ", ".join(ratios))
     return "\n".join(out)
@@ -479,36 +647,54 @@ def targets(results: dict) -> str:
         state = "n/a " if ok is None else ("MET " if ok else "MISS")
         lines.append(f"  [{state}] {label}: {detail}")
 
-    for key, label, bound in (("fan-in", "fan-in >= 0.5 x Mosquitto", 0.5),
-                              ("fan-out", "fan-out >= 0.5 x Mosquitto", 0.5),
-                              ("qos1", "QoS 1 >= 0.4 x Mosquitto", 0.4)):
+    for key, label, bound in (
+        ("fan-in", "fan-in >= 0.5 x Mosquitto", 0.5),
+        ("fan-out", "fan-out >= 0.5 x Mosquitto", 0.5),
+        ("qos1", "QoS 1 >= 0.4 x Mosquitto", 0.4),
+    ):
         a, b = med(key, "ours"), med(key, "mosquitto")
-        check(label, None if a is None or b is None else a / b >= bound,
-              "skipped" if a is None or b is None else f"{a / b:.2f}")
+        check(
+            label,
+            None if a is None or b is None else a / b >= bound,
+            "skipped" if a is None or b is None else f"{a / b:.2f}",
+        )
     a, b = med("latency", "ours"), med("latency", "mosquitto")
-    check("latency p99 <= 2 x Mosquitto", None if a is None or b is None else a <= 2 * b,
-          "skipped" if a is None or b is None else f"{a:.2f} ms vs {b:.2f} ms ({a / b:.2f} x)")
+    check(
+        "latency p99 <= 2 x Mosquitto",
+        None if a is None or b is None else a <= 2 * b,
+        "skipped" if a is None or b is None else f"{a:.2f} ms vs {b:.2f} ms ({a / b:.2f} x)",
+    )
     runs = results.get("idle", {}).get("ours")
     if runs:
         kib = statistics.median(r["value"] for r in runs)
         secs = max(r["connect_s"] for r in runs)
         opened = min(r["opened"] for r in runs)
-        check("idle <= 15 KiB/conn, all connect within 30 s",
-              kib <= 15 and secs <= 30 and not sum(r["lost"] for r in runs),
-              f"{kib:.1f} KiB/conn, {opened} opened in {secs:.1f} s")
+        check(
+            "idle <= 15 KiB/conn, all connect within 30 s",
+            kib <= 15 and secs <= 30 and not sum(r["lost"] for r in runs),
+            f"{kib:.1f} KiB/conn, {opened} opened in {secs:.1f} s",
+        )
     else:
         check("idle <= 15 KiB/conn", None, "skipped")
     q = results.get("qos1", {})
     qlost = sum(r.get("lost", 0) for n in ("ours", "ours-2") for r in q.get(n, []))
-    others = ", ".join(f"{n} {sum(r.get('lost', 0) for r in runs)}" for n, runs in q.items()
-                       if not n.startswith("ours"))
-    check("QoS 1 messages lost == 0 (ours; lost = not delivered by the end of the drain time)",
-          qlost == 0 if q.get("ours") else None,
-          f"ours {qlost}" + (f"; others: {others}" if others else ""))
+    others = ", ".join(
+        f"{n} {sum(r.get('lost', 0) for r in runs)}"
+        for n, runs in q.items()
+        if not n.startswith("ours")
+    )
+    check(
+        "QoS 1 messages lost == 0 (ours; lost = not delivered by the end of the drain time)",
+        qlost == 0 if q.get("ours") else None,
+        f"ours {qlost}" + (f"; others: {others}" if others else ""),
+    )
     for key in ("fan-in", "fan-out", "qos1"):
         a, b = med(key, "ours"), med(key, "amqtt")
-        check(f"{key} >= 5 x amqtt", None if a is None or b is None else a / b >= 5,
-              "skipped" if a is None or b is None else f"{a / b:.1f} x")
+        check(
+            f"{key} >= 5 x amqtt",
+            None if a is None or b is None else a / b >= 5,
+            "skipped" if a is None or b is None else f"{a / b:.1f} x",
+        )
     a, b = med("idle", "ours"), med("idle", "amqtt")
     if a is not None and b is not None:
         lines.append(f"  [info] idle RSS/conn: ours {a:.1f} KiB, amqtt {b:.1f} KiB")
@@ -536,12 +722,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="rounds of every scenario (default 2 / 5)")
     parser.add_argument("--only", help="comma-separated scenarios: " + ",".join(SCENARIOS))
     parser.add_argument("--brokers", help="comma-separated: ours,ours-2,mosquitto,amqtt")
-    parser.add_argument("--profile", action="store_true",
-                        help="only profile our broker with py-spy under fan-in and fan-out")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="only profile our broker with py-spy under fan-in and fan-out",
+    )
     parser.add_argument("--no-ceiling", action="store_true")
     parser.add_argument("--no-matching", action="store_true")
-    parser.add_argument("--mosquitto-nodelay", action="store_true",
-                        help="run Mosquitto with set_tcp_nodelay true (default: Debian's default)")
+    parser.add_argument(
+        "--mosquitto-nodelay",
+        action="store_true",
+        help="run Mosquitto with set_tcp_nodelay true (default: Debian's default)",
+    )
     args = parser.parse_args()
     globals()["MOSQUITTO_NODELAY"] = args.mosquitto_nodelay
     cfg = Config(args.quick, args.rounds)
@@ -553,8 +745,10 @@ def main() -> None:
     os.sched_setaffinity(0, {GEN_CORE})
     load = os.getloadavg()[0]
     if load > 0.5:
-        log(f"warning: load average {load:.2f} before the run: other work on this machine "
-            "makes the numbers noisy")
+        log(
+            f"warning: load average {load:.2f} before the run: other work on this machine "
+            "makes the numbers noisy"
+        )
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
     only = args.only.split(",") if args.only else list(SCENARIOS)
@@ -564,16 +758,22 @@ def main() -> None:
             profile(cfg, tmp, out_dir)
             log(f"(total {time.monotonic() - began:.0f} s)")
             return
-        available = {"ours": TWISTD.exists(), "ours-2": TWISTD.exists(),
-                     "mosquitto": Path(MOSQUITTO).exists(), "amqtt": AMQTT.exists()}
+        available = {
+            "ours": TWISTD.exists(),
+            "ours-2": TWISTD.exists(),
+            "mosquitto": Path(MOSQUITTO).exists(),
+            "amqtt": AMQTT.exists(),
+        }
         wanted = args.brokers.split(",") if args.brokers else list(available)
         names = [n for n in wanted if available.get(n)]
         for n in wanted:
             if not available.get(n):
                 log(f"skipped {n}: not installed (make bench-deps)")
         kinds = {"ours": "ours", "ours-2": "ours", "mosquitto": "mosquitto", "amqtt": "amqtt"}
-        log(f"brokers: {', '.join(names)}; rounds: {cfg.rounds}; broker core {BROKER_CORE}, "
-            f"generator core {GEN_CORE}; {'quick' if cfg.quick else 'full'} run")
+        log(
+            f"brokers: {', '.join(names)}; rounds: {cfg.rounds}; broker core {BROKER_CORE}, "
+            f"generator core {GEN_CORE}; {'quick' if cfg.quick else 'full'} run"
+        )
         results: dict = {}
         if not args.no_ceiling:
             sink = Broker("sink", "sink", tmp)
@@ -583,9 +783,13 @@ def main() -> None:
                 for key in ("fan-in", "fan-out", "qos1", "latency"):
                     if key in only:
                         ceiling[key] = SCENARIOS[key][1](sink.port, cfg)
-                log("generator ceiling (trivial relay sink.py on the broker core): " + ", ".join(
-                    f"{k} {fmt(v['value'])}{' ms' if k == 'latency' else '/s'}"
-                    for k, v in ceiling.items()))
+                log(
+                    "generator ceiling (trivial relay sink.py on the broker core): "
+                    + ", ".join(
+                        f"{k} {fmt(v['value'])}{' ms' if k == 'latency' else '/s'}"
+                        for k, v in ceiling.items()
+                    )
+                )
             finally:
                 sink.stop()
         running = {}
@@ -609,8 +813,10 @@ def main() -> None:
                             log(f"round {rnd + 1} {key} {name}: FAILED {error}")
                             continue
                         results.setdefault(key, {}).setdefault(name, []).append(r)
-                        log(f"round {rnd + 1} {key:<8} {name:<10} {fmt(r['value']):>10} "
-                            f"lost {r.get('lost', 0)}")
+                        log(
+                            f"round {rnd + 1} {key:<8} {name:<10} {fmt(r['value']):>10} "
+                            f"lost {r.get('lost', 0)}"
+                        )
         finally:
             for broker in running.values():
                 broker.stop()
@@ -624,13 +830,19 @@ def main() -> None:
                         log(f"idle {name}: FAILED {error}")
                         continue
                     results.setdefault("idle", {}).setdefault(name, []).append(r)
-                    log(f"round {rnd + 1} idle     {name:<10} {r['value']:.1f} KiB/conn, "
-                        f"{r['opened']} in {r['connect_s']:.1f} s")
+                    log(
+                        f"round {rnd + 1} idle     {name:<10} {r['value']:.1f} KiB/conn, "
+                        f"{r['opened']} in {r['connect_s']:.1f} s"
+                    )
         log("\n=== Results (" + ("quick" if cfg.quick else "full") + " run) ===")
         if not args.no_ceiling and ceiling:
-            log("generator ceiling (trivial relay): " + ", ".join(
-                f"{k} {fmt(v['value'])}{' ms p99' if k == 'latency' else ' msg/s'}"
-                for k, v in ceiling.items()))
+            log(
+                "generator ceiling (trivial relay): "
+                + ", ".join(
+                    f"{k} {fmt(v['value'])}{' ms p99' if k == 'latency' else ' msg/s'}"
+                    for k, v in ceiling.items()
+                )
+            )
         log(table(results, names))
         log(targets(results))
         if "ours" in names and "ours-2" in names:
@@ -642,11 +854,14 @@ def main() -> None:
                     ma = statistics.median(r["value"] for r in a)
                     mb = statistics.median(r["value"] for r in b)
                     spread.append(f"{key} {100 * abs(ma - mb) / max(ma, mb):.0f}%")
-            log("\nspread between two processes of ours (|ours - ours-2| / max): "
-                + ", ".join(spread))
+            log(
+                "\nspread between two processes of ours (|ours - ours-2| / max): "
+                + ", ".join(spread)
+            )
         (out_dir / "last.json").write_text(json.dumps(results, indent=1))
     if not args.no_matching:
         import matching
+
         log("")
         log(matching.report(cfg.quick))
     log(f"\n(total {time.monotonic() - began:.0f} s)")

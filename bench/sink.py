@@ -7,6 +7,7 @@ the first PUBLISH of a connection gives the size, after which whole packets are 
 in bulk and QoS 1 PUBACKs are built with strided slices, so it costs almost nothing per
 message. Whatever a subscriber sends after SUBSCRIBE (PUBACKs) is discarded.
 """
+
 from __future__ import annotations
 
 import selectors

@@ -7,6 +7,7 @@ publisher send N QoS 0 messages of 64 bytes to one paho-mqtt subscriber on the s
 then prints messages/second delivered (first publish -> last delivery). Bounded: every
 transport gets at most ``--seconds`` seconds; the whole run stays under about 20 s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,13 +41,26 @@ def start_broker(directory: Path, certs) -> tuple[subprocess.Popen, dict[str, in
     ports = {kind: free_port() for kind in ("tcp", "tls", "ws", "wss")}
     tls = f"interface={HOST}:privateKey={certs.server_key}:certKey={certs.server_cert}"
     process = subprocess.Popen(
-        [str(TWISTD), "-n", "--pidfile=", "mqtt",
-         "--mqtt", f"tcp:{ports['tcp']}:interface={HOST}",
-         "--mqtt", f"ssl:{ports['tls']}:{tls}",
-         "--http", f"tcp:{ports['ws']}:interface={HOST}",
-         "--http", f"ssl:{ports['wss']}:{tls}",
-         "--max-queued-messages", "0"],  # no drops: measure delivery, not the queue limit
-        cwd=directory, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            str(TWISTD),
+            "-n",
+            "--pidfile=",
+            "mqtt",
+            "--mqtt",
+            f"tcp:{ports['tcp']}:interface={HOST}",
+            "--mqtt",
+            f"ssl:{ports['tls']}:{tls}",
+            "--http",
+            f"tcp:{ports['ws']}:interface={HOST}",
+            "--http",
+            f"ssl:{ports['wss']}:{tls}",
+            "--max-queued-messages",
+            "0",
+        ],  # no drops: measure delivery, not the queue limit
+        cwd=directory,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     listening = 0
     deadline = time.monotonic() + 10
@@ -64,8 +78,11 @@ def start_broker(directory: Path, certs) -> tuple[subprocess.Popen, dict[str, in
 
 
 def client(kind: str, port: int, client_id: str, certs) -> mqtt.Client:
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                    transport="websockets" if kind in ("ws", "wss") else "tcp")
+    c = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        transport="websockets" if kind in ("ws", "wss") else "tcp",
+    )
     if kind in ("tls", "wss"):
         c.tls_set(ca_certs=str(certs.ca))
     connected = threading.Event()
@@ -139,8 +156,10 @@ def main() -> None:
                 process.wait(5)
             except subprocess.TimeoutExpired:
                 process.kill()
-    print(f"QoS 0, 64-byte payloads, 1 paho publisher -> broker -> 1 paho subscriber, "
-          f"{args.messages} messages per transport")
+    print(
+        f"QoS 0, 64-byte payloads, 1 paho publisher -> broker -> 1 paho subscriber, "
+        f"{args.messages} messages per transport"
+    )
     print("msg/s is limited by paho; broker CPU µs/msg (connect, subscribe and the whole")
     print("publish -> deliver path, divided by messages delivered) is the transport's cost")
     print(f"{'transport':<10} {'delivered':>10} {'msg/s':>10} {'broker CPU µs/msg':>18}")

@@ -5,6 +5,7 @@ the same size, so a subscriber counts deliveries by bytes and checks the fixed-h
 bytes with a strided slice (``data[start::size]``), and a QoS 1 subscriber builds its
 PUBACKs with strided slice assignments; all of that runs at C speed.
 """
+
 from __future__ import annotations
 
 import socket

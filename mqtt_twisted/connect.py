@@ -2,6 +2,7 @@
 
 Pure: no I/O. :mod:`mqtt_twisted.protocol` sends the CONNACK this describes.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -54,29 +55,47 @@ def check_connect(connect: Connect, config: BrokerConfig) -> ConnectTerms:
     assigned = False
     if not client_id:
         if level == MQTT_3_1:
-            raise Refused("empty client id (MQTT 3.1)", ConnackCode.IDENTIFIER_REJECTED,
-                          ReasonCode.CLIENT_IDENTIFIER_NOT_VALID)
+            raise Refused(
+                "empty client id (MQTT 3.1)",
+                ConnackCode.IDENTIFIER_REJECTED,
+                ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
+            )
         if level < MQTT_5 and not connect.clean_start:  # [MQTT-3.1.3-8]
-            raise Refused("empty client id without clean session",
-                          ConnackCode.IDENTIFIER_REJECTED, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID)
+            raise Refused(
+                "empty client id without clean session",
+                ConnackCode.IDENTIFIER_REJECTED,
+                ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
+            )
         if not config.allow_zero_length_clientid:
-            raise Refused("empty client id not allowed", ConnackCode.IDENTIFIER_REJECTED,
-                          ReasonCode.CLIENT_IDENTIFIER_NOT_VALID)
+            raise Refused(
+                "empty client id not allowed",
+                ConnackCode.IDENTIFIER_REJECTED,
+                ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
+            )
         client_id = f"auto-{uuid.uuid4()}"  # [MQTT-3.1.3-6]
         assigned = True
     elif level == MQTT_3_1 and len(client_id) > MQTT31_MAX_CLIENT_ID:
-        raise Refused("client id longer than 23 characters (MQTT 3.1)",
-                      ConnackCode.IDENTIFIER_REJECTED, ReasonCode.CLIENT_IDENTIFIER_NOT_VALID)
+        raise Refused(
+            "client id longer than 23 characters (MQTT 3.1)",
+            ConnackCode.IDENTIFIER_REJECTED,
+            ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
+        )
     if Property.AUTHENTICATION_METHOD in properties:  # no enhanced authentication offered yet
-        raise Refused(f"authentication method {properties[Property.AUTHENTICATION_METHOD]!r} "
-                      "not supported", None, ReasonCode.BAD_AUTHENTICATION_METHOD)
+        raise Refused(
+            f"authentication method {properties[Property.AUTHENTICATION_METHOD]!r} not supported",
+            None,
+            ReasonCode.BAD_AUTHENTICATION_METHOD,
+        )
     keep_alive = connect.keep_alive
     server_keep_alive = False
     if keep_alive > config.max_keepalive or (keep_alive == 0 and config.max_keepalive < 65535):
         if level < MQTT_5:  # 3.x cannot be told another keep alive: refused, as Mosquitto does
             if keep_alive > config.max_keepalive:
-                raise Refused(f"keep alive {keep_alive} above max_keepalive",
-                              ConnackCode.IDENTIFIER_REJECTED, ReasonCode.UNSPECIFIED_ERROR)
+                raise Refused(
+                    f"keep alive {keep_alive} above max_keepalive",
+                    ConnackCode.IDENTIFIER_REJECTED,
+                    ReasonCode.UNSPECIFIED_ERROR,
+                )
         else:
             keep_alive = config.max_keepalive  # Server Keep Alive [MQTT-3.2.2-21]
             server_keep_alive = True
@@ -94,11 +113,11 @@ def check_connect(connect: Connect, config: BrokerConfig) -> ConnectTerms:
         expiry_interval=expiry_interval,
         receive_maximum=properties.get(Property.RECEIVE_MAXIMUM, 65535),
         max_packet_size=properties.get(Property.MAXIMUM_PACKET_SIZE),
-        topic_alias_maximum=min(properties.get(Property.TOPIC_ALIAS_MAXIMUM, 0),
-                                config.max_topic_alias_broker),
+        topic_alias_maximum=min(
+            properties.get(Property.TOPIC_ALIAS_MAXIMUM, 0), config.max_topic_alias_broker
+        ),
         request_problem_information=bool(properties.get(Property.REQUEST_PROBLEM_INFORMATION, 1)),
-        request_response_information=bool(
-            properties.get(Property.REQUEST_RESPONSE_INFORMATION, 0)),
+        request_response_information=bool(properties.get(Property.REQUEST_RESPONSE_INFORMATION, 0)),
     )
 
 
@@ -116,8 +135,9 @@ def _check_will(connect: Connect, config: BrokerConfig) -> None:
         try:
             will.payload.decode("utf-8")
         except UnicodeDecodeError:
-            raise Refused("will payload is not UTF-8 but says it is", None,
-                          ReasonCode.PAYLOAD_FORMAT_INVALID) from None
+            raise Refused(
+                "will payload is not UTF-8 but says it is", None, ReasonCode.PAYLOAD_FORMAT_INVALID
+            ) from None
 
 
 def connack_properties(terms: ConnectTerms, config: BrokerConfig) -> dict:

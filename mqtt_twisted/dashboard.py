@@ -4,6 +4,7 @@ The files live in ``web/`` at the root of the source tree. A wheel installs them
 under ``<prefix>/share/mqtt-twisted/web`` (``[options.data_files]`` in ``setup.cfg``). The
 source tree wins, so a checkout or an editable install serves the files being edited.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """``--log-format json``: one flat JSON object per log event, one per line, for log shippers."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,10 @@ class JSONLineObserver:
             "message": formatEvent(event),
         }
         for key, value in event.items():
-            if not key.startswith("log_") and key not in record and key not in (
-                "message", "format", "system", "time", "isError", "why", "failure"
+            if (
+                not key.startswith("log_")
+                and key not in record
+                and key not in ("message", "format", "system", "time", "isError", "why", "failure")
             ):
                 record[key] = _plain(value)
         failure = event.get("log_failure")

@@ -4,6 +4,7 @@ Counters are read from :class:`BrokerStats` when Prometheus scrapes, so the mess
 pays nothing for them. The PUBLISH handling histogram is sampled (one PUBLISH in
 ``PUBLISH_SAMPLE_EVERY``), which keeps timing off most messages.
 """
+
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -44,8 +45,10 @@ class BrokerCollector:
             yield metric
         gauges = {
             "clients_connected": (broker.connected, "clients connected now"),
-            "clients_disconnected": (len(broker.sessions) - broker.connected,
-                                     "persistent sessions whose client is away"),
+            "clients_disconnected": (
+                len(broker.sessions) - broker.connected,
+                "persistent sessions whose client is away",
+            ),
             "clients_maximum": (stats.clients_maximum, "most clients connected at once"),
             "subscriptions": (len(broker.subscriptions), "subscriptions"),
             "retained_messages": (len(broker.retained), "retained messages"),
@@ -56,7 +59,9 @@ class BrokerCollector:
             metric.add_metric([], value)
             yield metric
         listeners = GaugeMetricFamily(
-            "mqtt_listener_connections", "open network connections per listener", labels=["listener"]
+            "mqtt_listener_connections",
+            "open network connections per listener",
+            labels=["listener"],
         )
         for listener, count in sorted(stats.listener_connections.items()):
             listeners.add_metric([listener], count)

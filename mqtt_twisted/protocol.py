@@ -4,6 +4,7 @@ Serves every stream transport (TCP, TLS, and WebSocket through a thin adapter) a
 every protocol level (3.1, 3.1.1, 5.0). Timers use the broker's clock, so tests
 drive them with ``task.Clock``.
 """
+
 from __future__ import annotations
 
 from twisted.internet.interfaces import IPushProducer
@@ -168,12 +169,15 @@ class MQTTProtocol(Protocol):
 
     def take_over(self) -> None:
         """Another connection took this client id [MQTT-3.1.4-2]."""
-        self._end("session taken over", publish_will=True, reason_code=ReasonCode.SESSION_TAKEN_OVER)
+        self._end(
+            "session taken over", publish_will=True, reason_code=ReasonCode.SESSION_TAKEN_OVER
+        )
 
     def shut_down(self) -> None:
         """The broker is stopping: DISCONNECT 0x8B (5.0) and close, without the will."""
-        self._end("server shutting down", publish_will=False,
-                  reason_code=ReasonCode.SERVER_SHUTTING_DOWN)
+        self._end(
+            "server shutting down", publish_will=False, reason_code=ReasonCode.SERVER_SHUTTING_DOWN
+        )
 
     # -- flow control (IPushProducer: the transport tells us when its buffer is full) --
 
@@ -208,8 +212,11 @@ class MQTTProtocol(Protocol):
                 handlers[packet.type](self, packet)
         except UnsupportedProtocolVersion as error:
             self._refuse(
-                Refused(str(error.message), ConnackCode.UNACCEPTABLE_PROTOCOL_VERSION,
-                        ReasonCode.UNSUPPORTED_PROTOCOL_VERSION),
+                Refused(
+                    str(error.message),
+                    ConnackCode.UNACCEPTABLE_PROTOCOL_VERSION,
+                    ReasonCode.UNSUPPORTED_PROTOCOL_VERSION,
+                ),
                 level=MQTT_5 if error.protocol_level == MQTT_5 else 4,
             )
         except PacketError as error:
@@ -220,7 +227,8 @@ class MQTTProtocol(Protocol):
         if self.session is None:
             log.info(
                 "closing connection from {peer} before CONNECT: {error}",
-                peer=self._peer(), error=error.message,
+                peer=self._peer(),
+                error=error.message,
             )
             self._end(error.message, publish_will=False)
             return
@@ -230,7 +238,11 @@ class MQTTProtocol(Protocol):
     # -- bytes out --------------------------------------------------------------------
 
     def encode_publish(
-        self, message: Message, qos: int, retain: bool, subscription_ids: tuple[int, ...],
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        subscription_ids: tuple[int, ...],
         dup: bool,
     ) -> tuple[bytes, bytes] | None:
         """(head, tail) of ``message`` for this client; None if larger than its Maximum
@@ -241,8 +253,9 @@ class MQTTProtocol(Protocol):
         aliases = self._outbound_aliases
         alias, send_topic = (0, True) if aliases is None else aliases.lookup(message.topic)
         now = self._clock.seconds() if message.expires_at is not None else 0.0
-        head, tail = message.parts(MQTT_5, qos, retain, subscription_ids, alias, send_topic, now,
-                                   dup)
+        head, tail = message.parts(
+            MQTT_5, qos, retain, subscription_ids, alias, send_topic, now, dup
+        )
         limit = self.max_packet_size
         if limit is not None and len(head) + len(tail) + (2 if qos else 0) > limit:
             if alias and send_topic:
@@ -294,15 +307,21 @@ class MQTTProtocol(Protocol):
         config = broker.config
         try:
             if not broker.accepting:
-                raise Refused("server shutting down", ConnackCode.SERVER_UNAVAILABLE,
-                              ReasonCode.SERVER_UNAVAILABLE)
+                raise Refused(
+                    "server shutting down",
+                    ConnackCode.SERVER_UNAVAILABLE,
+                    ReasonCode.SERVER_UNAVAILABLE,
+                )
             terms = check_connect(connect, config)
             self.username = connect.username
             if self.use_identity_as_username:
                 self.username = peer_common_name(self.transport)
                 if self.username is None:
-                    raise Refused("no client certificate to take the username from",
-                                  ConnackCode.NOT_AUTHORIZED, ReasonCode.NOT_AUTHORIZED)
+                    raise Refused(
+                        "no client certificate to take the username from",
+                        ConnackCode.NOT_AUTHORIZED,
+                        ReasonCode.NOT_AUTHORIZED,
+                    )
         except Refused as refused:
             problem_information = connect.properties.get(Property.REQUEST_PROBLEM_INFORMATION, 1)
             self._refuse(refused, self.protocol_level, bool(problem_information))
@@ -347,12 +366,17 @@ class MQTTProtocol(Protocol):
         self.protocol_level = level
         code = refused.code_v5 if level == MQTT_5 else refused.code_v3
         if code is not None:  # [MQTT-3.2.2-5]
-            properties = ({Property.REASON_STRING: refused.reason}
-                          if level == MQTT_5 and problem_information else {})
+            properties = (
+                {Property.REASON_STRING: refused.reason}
+                if level == MQTT_5 and problem_information
+                else {}
+            )
             self._write(encode(ConnAck(False, code, properties), level))
         log.info(
             "refused connection from {peer} (listener {listener}): {reason}",
-            peer=self._peer(), listener=self.listener, reason=refused.reason,
+            peer=self._peer(),
+            listener=self.listener,
+            reason=refused.reason,
         )
         self._end(refused.reason, publish_will=False)
 
@@ -364,8 +388,9 @@ class MQTTProtocol(Protocol):
         idle = self._clock.seconds() - self._last_seen
         if idle >= limit:
             self._keepalive_timer = None
-            self._end("keep alive timeout", publish_will=True,
-                      reason_code=ReasonCode.KEEP_ALIVE_TIMEOUT)
+            self._end(
+                "keep alive timeout", publish_will=True, reason_code=ReasonCode.KEEP_ALIVE_TIMEOUT
+            )
         else:
             self._keepalive_timer = self._clock.callLater(limit - idle, self._check_keepalive)
 
@@ -381,15 +406,17 @@ class MQTTProtocol(Protocol):
                 self._ack(0x40 if packet.qos == 1 else 0x50, packet.packet_id, reject)
                 return
         if not topic or "+" in topic or "#" in topic:  # [MQTT-3.3.2-2], [MQTT-4.7.3-1]
-            raise PacketError(f"invalid topic name {topic!r} in PUBLISH",
-                              ReasonCode.TOPIC_NAME_INVALID)
+            raise PacketError(
+                f"invalid topic name {topic!r} in PUBLISH", ReasonCode.TOPIC_NAME_INVALID
+            )
         qos = packet.qos
         config = self.broker.config
         if qos > config.max_qos:  # [MQTT-3.2.2-11]
             raise PacketError(f"QoS {qos} above max_qos", ReasonCode.QOS_NOT_SUPPORTED)
         if packet.retain and not config.retain_available:  # [MQTT-3.2.2-14]
-            raise PacketError("retained PUBLISH but retain is not available",
-                              ReasonCode.RETAIN_NOT_SUPPORTED)
+            raise PacketError(
+                "retained PUBLISH but retain is not available", ReasonCode.RETAIN_NOT_SUPPORTED
+            )
         # Clients cannot publish into $SYS: accepted (and acknowledged) but not routed.
         routed = not (topic[0] == "$" and topic.startswith("$SYS"))
         session = self.session
@@ -408,16 +435,21 @@ class MQTTProtocol(Protocol):
             if matched or self.protocol_level != MQTT_5:
                 self._write(b"\x40\x02" + packet_id.to_bytes(2, "big"))  # PUBACK
             else:
-                self._ack(0x40, packet_id, ReasonCode.NO_MATCHING_SUBSCRIBERS if routed
-                          else ReasonCode.NOT_AUTHORIZED)
+                self._ack(
+                    0x40,
+                    packet_id,
+                    ReasonCode.NO_MATCHING_SUBSCRIBERS if routed else ReasonCode.NOT_AUTHORIZED,
+                )
             return
         awaiting = session.awaiting_pubrel
         reason = 0
         if packet_id not in awaiting:  # exactly once: a resent PUBLISH is not routed again
             limit = config.max_inflight_messages
             if self.protocol_level == MQTT_5 and limit and len(awaiting) >= limit:
-                raise PacketError("more unacknowledged QoS 2 PUBLISH than Receive Maximum",
-                                  ReasonCode.RECEIVE_MAXIMUM_EXCEEDED)  # [MQTT-3.3.4-7]
+                raise PacketError(
+                    "more unacknowledged QoS 2 PUBLISH than Receive Maximum",
+                    ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
+                )  # [MQTT-3.3.4-7]
             awaiting.add(packet_id)
             matched = routed and self.broker.publish(
                 Message(topic, packet.payload, 2, packet.retain, properties, expires_at), session
@@ -442,8 +474,10 @@ class MQTTProtocol(Protocol):
                 packet.payload.decode("utf-8")
             except UnicodeDecodeError:
                 if packet.qos == 0:
-                    raise PacketError("payload is not the UTF-8 its format indicator says",
-                                      ReasonCode.PAYLOAD_FORMAT_INVALID) from None
+                    raise PacketError(
+                        "payload is not the UTF-8 its format indicator says",
+                        ReasonCode.PAYLOAD_FORMAT_INVALID,
+                    ) from None
                 return topic, properties, None, ReasonCode.PAYLOAD_FORMAT_INVALID
         return topic, properties, self.broker.expiry_time(properties), 0
 
@@ -478,8 +512,10 @@ class MQTTProtocol(Protocol):
             subscription_id = ids[0] if ids else None
             for request in requests:
                 if request.no_local and request.topic_filter.startswith(SHARE_PREFIX):
-                    raise PacketError("No Local on a shared subscription",  # [MQTT-3.8.3-4]
-                                      ReasonCode.PROTOCOL_ERROR)
+                    raise PacketError(
+                        "No Local on a shared subscription",  # [MQTT-3.8.3-4]
+                        ReasonCode.PROTOCOL_ERROR,
+                    )
         existed = [r.topic_filter in session.subscriptions for r in requests]
         codes = self.broker.subscribe(session, requests, subscription_id)
         wire_codes = codes
@@ -491,9 +527,12 @@ class MQTTProtocol(Protocol):
     def _on_unsubscribe(self, packet: Unsubscribe) -> None:
         codes = self.broker.unsubscribe(self.session, packet.topic_filters)
         if self.protocol_level == MQTT_5:
-            codes = [ReasonCode.TOPIC_FILTER_INVALID
-                     if code and not validate_topic_filter(topic_filter) else code
-                     for code, topic_filter in zip(codes, packet.topic_filters)]
+            codes = [
+                ReasonCode.TOPIC_FILTER_INVALID
+                if code and not validate_topic_filter(topic_filter)
+                else code
+                for code, topic_filter in zip(codes, packet.topic_filters)
+            ]
         self._send(UnsubAck(packet.packet_id, codes))  # [MQTT-3.10.4-4]
 
     def _on_pingreq(self, packet) -> None:
@@ -504,8 +543,10 @@ class MQTTProtocol(Protocol):
             expiry = packet.properties.get(Property.SESSION_EXPIRY_INTERVAL)
             if expiry is not None:
                 if self.terms.expiry_interval == 0 and expiry != 0:  # [MQTT-3.14.2-2]
-                    raise PacketError("session expiry set on DISCONNECT after 0 in CONNECT",
-                                      ReasonCode.PROTOCOL_ERROR)
+                    raise PacketError(
+                        "session expiry set on DISCONNECT after 0 in CONNECT",
+                        ReasonCode.PROTOCOL_ERROR,
+                    )
                 self.session.expiry_interval = None if expiry == NEVER_EXPIRES else float(expiry)
         # A clean DISCONNECT discards the will [MQTT-3.14.4-3]; 5.0 reason 0x04 keeps it.
         keep_will = self.protocol_level == MQTT_5 and packet.reason_code == 0x04

@@ -1,4 +1,5 @@
 """``twistd mqtt``: command-line options and the service that wires listeners to one broker."""
+
 from __future__ import annotations
 
 import gc
@@ -74,44 +75,112 @@ class Options(usage.Options):
         "`twistd -n mqtt` serves MQTT on tcp:1883 on 127.0.0.1."
     )
     optParameters = [
-        ["max-keepalive", None, 65535,
-         "Largest keep alive (seconds) a client may ask for; 3.1/3.1.1 clients asking more are refused.",
-         _bounded_int(0, 65535)],
-        ["max-inflight-messages", None, 20,
-         "Unacknowledged QoS 1/2 messages per client (0 = no limit).", _bounded_int(0, 65535)],
-        ["max-queued-messages", None, 1000,
-         "Messages queued per offline or slow client (0 = no limit).", _bounded_int(0)],
-        ["max-packet-size", None, 2_000_000,
-         "Largest packet (bytes) a client may send.", _bounded_int(20, 268_435_460)],
+        [
+            "max-keepalive",
+            None,
+            65535,
+            "Largest keep alive (seconds) a client may ask for; 3.1/3.1.1 clients asking more are refused.",
+            _bounded_int(0, 65535),
+        ],
+        [
+            "max-inflight-messages",
+            None,
+            20,
+            "Unacknowledged QoS 1/2 messages per client (0 = no limit).",
+            _bounded_int(0, 65535),
+        ],
+        [
+            "max-queued-messages",
+            None,
+            1000,
+            "Messages queued per offline or slow client (0 = no limit).",
+            _bounded_int(0),
+        ],
+        [
+            "max-packet-size",
+            None,
+            2_000_000,
+            "Largest packet (bytes) a client may send.",
+            _bounded_int(20, 268_435_460),
+        ],
         ["max-qos", None, 2, "Highest QoS granted and accepted.", _bounded_int(0, 2)],
-        ["retain-available", None, "yes", "yes|no: whether retained messages are supported.", yes_no],
-        ["allow-zero-length-clientid", None, "yes",
-         "yes|no: whether clients may connect with an empty client id.", yes_no],
-        ["connect-timeout", None, 10.0,
-         "Seconds a connection may stay open without sending CONNECT.", _positive_float],
-        ["max-topic-alias", None, 10,
-         "MQTT 5: topic aliases a client may set (0 = none).", _bounded_int(0, 65535)],
-        ["max-topic-alias-broker", None, 10,
-         "MQTT 5: topic aliases the broker assigns to clients that allow them (0 = none).",
-         _bounded_int(0, 65535)],
-        ["response-information", None, None,
-         "MQTT 5: Response Information PREFIX for clients that request it "
-         "(they get PREFIX/CLIENT-ID; off by default)."],
-        ["log-format", None, "text",
-         "text|json: json writes one JSON object per log event (one per line) to standard output.",
-         lambda text: {"text": "text", "json": "json"}[text.lower()]],
-        ["sys-interval", None, 10.0,
-         "Seconds between $SYS/broker/... updates (0 = no $SYS topics).", float],
-        ["persistent-client-expiration", None, None,
-         "Remove persistent sessions of clients away this long (e.g. 2h, 14d, 1w, 1m, 1y; "
-         "off by default).", parse_duration],
+        [
+            "retain-available",
+            None,
+            "yes",
+            "yes|no: whether retained messages are supported.",
+            yes_no,
+        ],
+        [
+            "allow-zero-length-clientid",
+            None,
+            "yes",
+            "yes|no: whether clients may connect with an empty client id.",
+            yes_no,
+        ],
+        [
+            "connect-timeout",
+            None,
+            10.0,
+            "Seconds a connection may stay open without sending CONNECT.",
+            _positive_float,
+        ],
+        [
+            "max-topic-alias",
+            None,
+            10,
+            "MQTT 5: topic aliases a client may set (0 = none).",
+            _bounded_int(0, 65535),
+        ],
+        [
+            "max-topic-alias-broker",
+            None,
+            10,
+            "MQTT 5: topic aliases the broker assigns to clients that allow them (0 = none).",
+            _bounded_int(0, 65535),
+        ],
+        [
+            "response-information",
+            None,
+            None,
+            "MQTT 5: Response Information PREFIX for clients that request it "
+            "(they get PREFIX/CLIENT-ID; off by default).",
+        ],
+        [
+            "log-format",
+            None,
+            "text",
+            "text|json: json writes one JSON object per log event (one per line) to standard output.",
+            lambda text: {"text": "text", "json": "json"}[text.lower()],
+        ],
+        [
+            "sys-interval",
+            None,
+            10.0,
+            "Seconds between $SYS/broker/... updates (0 = no $SYS topics).",
+            float,
+        ],
+        [
+            "persistent-client-expiration",
+            None,
+            None,
+            "Remove persistent sessions of clients away this long (e.g. 2h, 14d, 1w, 1m, 1y; "
+            "off by default).",
+            parse_duration,
+        ],
     ]
 
     optFlags = [
-        ["require-certificate", None,
-         "TLS listeners refuse clients without a valid certificate (needs --cafile)."],
-        ["use-identity-as-username", None,
-         "On TLS listeners the client certificate's subject CN is the MQTT username."],
+        [
+            "require-certificate",
+            None,
+            "TLS listeners refuse clients without a valid certificate (needs --cafile).",
+        ],
+        [
+            "use-identity-as-username",
+            None,
+            "On TLS listeners the client certificate's subject CN is the MQTT username.",
+        ],
     ]
 
     def __init__(self) -> None:

@@ -8,6 +8,7 @@ TLS 1.2 or newer, Twisted's default ciphers, and with ``cafile`` the client
 certificate checks of Mosquitto's ``cafile`` / ``require_certificate``.
 Every other endpoint type goes to ``serverFromString`` unchanged.
 """
+
 from __future__ import annotations
 
 import re
@@ -22,8 +23,16 @@ from twisted.python.filepath import FilePath
 PEM_CERTIFICATE = re.compile(
     rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.DOTALL
 )
-SSL_ARGUMENTS = {"port", "privateKey", "certKey", "extraCertChain", "dhParameters",
-                 "interface", "backlog", "sslmethod"}
+SSL_ARGUMENTS = {
+    "port",
+    "privateKey",
+    "certKey",
+    "extraCertChain",
+    "dhParameters",
+    "interface",
+    "backlog",
+    "sslmethod",
+}
 
 
 class TLSConfigError(ValueError):

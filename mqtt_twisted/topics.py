@@ -70,7 +70,7 @@ def validate_topic_filter(topic_filter: str) -> bool:
     if not _fits_utf8(topic_filter):
         return False
     if topic_filter.startswith(_SHARE_PREFIX):
-        group, sep, rest = topic_filter[len(_SHARE_PREFIX):].partition("/")
+        group, sep, rest = topic_filter[len(_SHARE_PREFIX) :].partition("/")
         # [MQTT-4.8.2-1] a ShareName is non-empty and has no '/', '+', '#'
         if not sep or not group or "+" in group or "#" in group:
             return False
@@ -83,7 +83,7 @@ def parse_shared_subscription(topic_filter: str) -> tuple[str, str] | None:
     """Split ``$share/g/a/b`` into ``("g", "a/b")``; None for a non-shared filter."""
     if not topic_filter.startswith(_SHARE_PREFIX):
         return None
-    group, _, rest = topic_filter[len(_SHARE_PREFIX):].partition("/")
+    group, _, rest = topic_filter[len(_SHARE_PREFIX) :].partition("/")
     return group, rest
 
 

@@ -1,4 +1,5 @@
 """The broker's HTTP site: ``/mqtt`` (MQTT over WebSocket) and ``/`` (the dashboard)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -33,7 +34,9 @@ def build_site(
     root = dashboard_resource()  # web/: index.html and its modules at "/"
     if root is None:  # the static files are not installed: a placeholder page
         root = Resource()
-        root.putChild(b"", Data(INDEX_PAGE.format(version=__version__).encode(), "text/html; charset=utf-8"))
+        root.putChild(
+            b"", Data(INDEX_PAGE.format(version=__version__).encode(), "text/html; charset=utf-8")
+        )
     websocket = MQTTWebSocketFactory(broker, listener, allowed_origins, use_identity_as_username)
     root.putChild(b"mqtt", WebSocketResource(websocket))
     root.putChild(b"metrics", metrics_resource(broker))

@@ -4,6 +4,7 @@ MQTT 5.0 section 6 / 3.1.1 section 6: binary frames only [MQTT-6.0.0-1], packets
 align with frames [MQTT-6.0.0-2], subprotocol ``mqtt`` (``mqttv3.1`` for old clients)
 [MQTT-6.0.0-3]; a handshake offering neither is refused.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -81,14 +82,20 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
         origins = factory.allowed_origins
         origin = request.headers.get("origin")
         if origins and origin is not None and origin not in origins:
-            log.info("refused WebSocket handshake from {peer}: origin {origin} not allowed",
-                     peer=request.peer, origin=origin)
+            log.info(
+                "refused WebSocket handshake from {peer}: origin {origin} not allowed",
+                peer=request.peer,
+                origin=origin,
+            )
             raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
         for subprotocol in SUBPROTOCOLS:
             if subprotocol in request.protocols:
                 return subprotocol
-        log.info("refused WebSocket handshake from {peer}: no mqtt subprotocol offered ({offered})",
-                 peer=request.peer, offered=request.protocols)
+        log.info(
+            "refused WebSocket handshake from {peer}: no mqtt subprotocol offered ({offered})",
+            peer=request.peer,
+            offered=request.protocols,
+        )
         raise ConnectionDeny(ConnectionDeny.BAD_REQUEST, "subprotocol mqtt or mqttv3.1 required")
 
     def onOpen(self) -> None:
@@ -99,8 +106,9 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if not isBinary:  # [MQTT-6.0.0-1]
             # sendClose() only takes 1000 / 3000-4999; 1003 (unsupported data) is a protocol code
-            self.sendCloseFrame(CLOSE_UNSUPPORTED_DATA,
-                                b"MQTT over WebSocket uses binary frames only")
+            self.sendCloseFrame(
+                CLOSE_UNSUPPORTED_DATA, b"MQTT over WebSocket uses binary frames only"
+            )
             return
         if self.mqtt is not None:
             self.mqtt.dataReceived(payload)

@@ -1,4 +1,5 @@
 """The broker core: sessions, routing, retained messages and wills. No transport in here."""
+
 from mqtt_twisted.broker.config import BrokerConfig
 from mqtt_twisted.broker.core import Broker
 from mqtt_twisted.broker.message import Message

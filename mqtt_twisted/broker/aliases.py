@@ -1,4 +1,5 @@
 """MQTT 5 topic aliases of one connection, both ways (pure: no I/O)."""
+
 from __future__ import annotations
 
 from mqtt_twisted.packets import PacketError, ReasonCode
@@ -24,8 +25,9 @@ class InboundAliases:
                 raise PacketError("empty topic name and no topic alias", ReasonCode.PROTOCOL_ERROR)
             return topic
         if alias == 0 or alias > self.maximum:
-            raise PacketError(f"topic alias {alias} outside 1..{self.maximum}",
-                              ReasonCode.TOPIC_ALIAS_INVALID)
+            raise PacketError(
+                f"topic alias {alias} outside 1..{self.maximum}", ReasonCode.TOPIC_ALIAS_INVALID
+            )
         if topic:
             self._topics[alias] = topic
             return topic

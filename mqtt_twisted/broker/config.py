@@ -1,4 +1,5 @@
 """Broker-wide settings, filled from the command line by :mod:`mqtt_twisted.tap`."""
+
 from __future__ import annotations
 
 import attrs

@@ -1,4 +1,5 @@
 """The broker: sessions by client id, subscription routing, retained messages, wills."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -10,9 +11,9 @@ from twisted.logger import Logger
 from mqtt_twisted.broker.config import BrokerConfig
 from mqtt_twisted.broker.message import Message
 from mqtt_twisted.broker.session import Session, SessionConnection, SubscriptionOptions
+from mqtt_twisted.broker.shared import SharedSubscriptions
 from mqtt_twisted.broker.stats import BrokerStats
 from mqtt_twisted.broker.store import MemoryRetainedStore, RetainedStore
-from mqtt_twisted.broker.shared import SharedSubscriptions
 from mqtt_twisted.packets import Property, SubscriptionRequest, Will
 from mqtt_twisted.topics import SubscriptionTree, validate_topic_filter
 
@@ -126,8 +127,14 @@ class Broker:
         properties = will.properties
         if properties:
             properties = {k: v for k, v in properties.items() if k != WILL_DELAY}
-        return Message(will.topic, will.payload, will.qos, will.retain, properties,
-                       self.expiry_time(properties))
+        return Message(
+            will.topic,
+            will.payload,
+            will.qos,
+            will.retain,
+            properties,
+            self.expiry_time(properties),
+        )
 
     def expiry_time(self, properties: dict) -> float | None:
         """Clock time at which a message with these properties expires (None: never)."""
@@ -242,8 +249,12 @@ class Broker:
                     entry[2].append(opts.subscription_id)
         msg_qos = message.qos
         for session, (qos, as_published, ids) in merged.items():
-            session.deliver(message, msg_qos if msg_qos < qos else qos,
-                            message.retain and as_published, tuple(ids))
+            session.deliver(
+                message,
+                msg_qos if msg_qos < qos else qos,
+                message.retain and as_published,
+                tuple(ids),
+            )
 
     def _deliver_shared(self, group, message: Message) -> bool:
         """Give ``message`` to one member of a shared group; False if the group is empty."""
@@ -252,12 +263,19 @@ class Broker:
             return False
         session, opts = member
         sid = opts.subscription_id
-        session.deliver(message, message.qos if message.qos < opts.qos else opts.qos,
-                        message.retain and opts.retain_as_published, (sid,) if sid else (), group)
+        session.deliver(
+            message,
+            message.qos if message.qos < opts.qos else opts.qos,
+            message.retain and opts.retain_as_published,
+            (sid,) if sid else (),
+            group,
+        )
         return True
 
     def subscribe(
-        self, session: Session, requests: Sequence[SubscriptionRequest],
+        self,
+        session: Session,
+        requests: Sequence[SubscriptionRequest],
         subscription_id: int | None = None,
     ) -> list[int]:
         """Add subscriptions; returns one SUBACK code per request (granted QoS or 0x80)."""
@@ -270,7 +288,10 @@ class Broker:
                 continue
             qos = request.qos if request.qos < max_qos else max_qos  # [MQTT-3.9.3-2]
             opts = SubscriptionOptions(
-                qos, request.no_local, request.retain_as_published, request.retain_handling,
+                qos,
+                request.no_local,
+                request.retain_as_published,
+                request.retain_handling,
                 subscription_id,
             )
             session.subscriptions[topic_filter] = opts  # replaces an existing one [MQTT-3.8.4-3]

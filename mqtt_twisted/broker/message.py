@@ -1,4 +1,5 @@
 """An application message as the broker routes it, with its encodings cached."""
+
 from __future__ import annotations
 
 import math
@@ -77,10 +78,14 @@ class Message:
                     topic = ""
             if remaining is not None:
                 properties[MESSAGE_EXPIRY] = remaining
-        head, tail = encode_publish_parts(topic, self.payload, qos, retain, dup, properties,
-                                          protocol_level)
+        head, tail = encode_publish_parts(
+            topic, self.payload, qos, retain, dup, properties, protocol_level
+        )
         if qos == 0:
             head, tail = head + tail, b""
         if len(key) == 4 or len(cache) < MAX_CACHED_VARIANTS:
-            cache[key] = (head, tail)  # per-subscriber variants are bounded (retained messages live long)
+            cache[key] = (
+                head,
+                tail,
+            )  # per-subscriber variants are bounded (retained messages live long)
         return head, tail

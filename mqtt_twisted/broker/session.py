@@ -3,6 +3,7 @@
 Knows nothing of transports: it writes through the :class:`SessionConnection`
 it is attached to, and keeps its state while detached (persistent sessions).
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -37,7 +38,11 @@ class SessionConnection(Protocol):
     receive_maximum: int
 
     def encode_publish(
-        self, message: Message, qos: int, retain: bool, subscription_ids: tuple[int, ...],
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        subscription_ids: tuple[int, ...],
         dup: bool,
     ) -> tuple[bytes, bytes] | None:
         """(head, tail) of ``message`` for this client, or None if it exceeds its Maximum Packet Size."""
@@ -84,9 +89,24 @@ class Session:
     """State of one client id, connected or not."""
 
     __slots__ = (
-        "client_id", "expiry_interval", "subscriptions", "connection", "inflight", "queue",
-        "awaiting_pubrel", "expiry_call", "delayed_will", "will_call", "dropped", "_dropping",
-        "_next_id", "_stats", "_clock", "_max_window", "_window", "_max_queued",
+        "client_id",
+        "expiry_interval",
+        "subscriptions",
+        "connection",
+        "inflight",
+        "queue",
+        "awaiting_pubrel",
+        "expiry_call",
+        "delayed_will",
+        "will_call",
+        "dropped",
+        "_dropping",
+        "_next_id",
+        "_stats",
+        "_clock",
+        "_max_window",
+        "_window",
+        "_max_queued",
     )
 
     def __init__(
@@ -128,7 +148,11 @@ class Session:
     # -- delivery ----------------------------------------------------------------
 
     def deliver(
-        self, message: Message, qos: int, retain: bool, subscription_ids: tuple[int, ...] = (),
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        subscription_ids: tuple[int, ...] = (),
         group: Any = None,
     ) -> None:
         """Send ``message`` at ``qos`` now if the client can take it, else queue it."""
@@ -144,8 +168,13 @@ class Session:
             return
         self._enqueue((message, qos, retain, subscription_ids, group))
 
-    def _send_qos0(self, conn: SessionConnection, message: Message, retain: bool,
-                   subscription_ids: tuple[int, ...]) -> None:
+    def _send_qos0(
+        self,
+        conn: SessionConnection,
+        message: Message,
+        retain: bool,
+        subscription_ids: tuple[int, ...],
+    ) -> None:
         parts = conn.encode_publish(message, 0, retain, subscription_ids, False)
         if parts is None:
             self._drop_oversized()
@@ -155,8 +184,15 @@ class Session:
         stats.publish_sent += 1
         stats.publish_bytes_sent += len(message.payload)
 
-    def _send_new(self, conn: SessionConnection, message: Message, qos: int, retain: bool,
-                  subscription_ids: tuple[int, ...], group: Any) -> None:
+    def _send_new(
+        self,
+        conn: SessionConnection,
+        message: Message,
+        qos: int,
+        retain: bool,
+        subscription_ids: tuple[int, ...],
+        group: Any,
+    ) -> None:
         parts = conn.encode_publish(message, qos, retain, subscription_ids, False)
         if parts is None:
             self._drop_oversized()
@@ -277,8 +313,9 @@ class Session:
             if entry.released:
                 conn.write_pubrel(packet_id)
             else:
-                parts = conn.encode_publish(entry.message, entry.qos, entry.retain,
-                                            entry.subscription_ids, True)
+                parts = conn.encode_publish(
+                    entry.message, entry.qos, entry.retain, entry.subscription_ids, True
+                )
                 if parts is not None:
                     conn.write_publish(parts[0], packet_id, parts[1])
         self.drain()

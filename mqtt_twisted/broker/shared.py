@@ -1,4 +1,5 @@
 """Shared subscriptions (``$share/GROUP/FILTER``): each message goes to one member of a group."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING

@@ -1,4 +1,5 @@
 """Counters the broker keeps for ``$SYS`` and ``/metrics``; plain integers, cheap to bump."""
+
 from __future__ import annotations
 
 import attrs

@@ -3,6 +3,7 @@
 An embedded SQLite (or other) store implements :class:`RetainedStore` and is handed
 to :class:`~mqtt_twisted.broker.core.Broker`; routing code never changes.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -1,4 +1,5 @@
 """The ``$SYS/broker/...`` topics, with Mosquitto's names and meanings, published periodically."""
+
 from __future__ import annotations
 
 import math

@@ -7,7 +7,8 @@ header was already validated by the parser.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .constants import (
     CONNACK_CODES,

@@ -7,7 +7,8 @@ the broker, not by the network.
 from __future__ import annotations
 
 import struct
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .constants import MQTT_5
 from .errors import PacketError, PacketTooLarge
@@ -21,9 +22,9 @@ from .types import (
     PingResp,
     PubAck,
     PubComp,
+    Publish,
     PubRec,
     PubRel,
-    Publish,
     SubAck,
     Subscribe,
     UnsubAck,

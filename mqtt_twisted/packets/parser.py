@@ -253,9 +253,7 @@ class Parser:
                     p += 1
             else:
                 props = {}
-            return Publish(
-                topic, buf[p:end], (b0 >> 1) & 3, b0 & 1 == 1, b0 & 8 == 8, pid, props
-            )
+            return Publish(topic, buf[p:end], (b0 >> 1) & 3, b0 & 1 == 1, b0 & 8 == 8, pid, props)
         except PacketError as e:
             self._error = e
             raise

@@ -4,6 +4,7 @@ driven by Playwright's sync API) against the broker run by the real ``twistd``.
 The browser tests are plain (synchronous) test functions: the broker runs in its own
 ``twistd`` process, so nothing here needs the reactor of the test process.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,15 +52,21 @@ class BrokerProcess:
 
     def start(self) -> BrokerProcess:
         command = [
-            *self.twistd, "-n", "--pidfile=", "mqtt",
-            "--mqtt", f"tcp:{self.mqtt_port}:interface=127.0.0.1",
-            "--http", f"tcp:{self.http_port}:interface=127.0.0.1",
+            *self.twistd,
+            "-n",
+            "--pidfile=",
+            "mqtt",
+            "--mqtt",
+            f"tcp:{self.mqtt_port}:interface=127.0.0.1",
+            "--http",
+            f"tcp:{self.http_port}:interface=127.0.0.1",
             *self.args,
         ]
         deadline = time.monotonic() + 20
         while True:  # the port of a process just stopped can take a moment to be free
-            process = subprocess.Popen(command, cwd=self.cwd, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT, text=True)
+            process = subprocess.Popen(
+                command, cwd=self.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
             ready = threading.Event()
             lines: list[str] = []
 
@@ -73,8 +80,9 @@ class BrokerProcess:
             threading.Thread(target=drain, daemon=True).start()
             ready.wait(20)
             self.lines = lines
-            if process.poll() is None and any(f":{self.http_port}" in l and "listening on" in l
-                                               for l in lines):
+            if process.poll() is None and any(
+                f":{self.http_port}" in line and "listening on" in line for line in lines
+            ):
                 self.process = process
                 return self
             process.kill()
@@ -154,7 +162,8 @@ def wait_for_state(page, state: str, timeout: float = TIMEOUT_MS) -> None:
     """Wait until the dashboard's connection badge shows ``state``."""
     page.wait_for_function(
         "state => document.getElementById('status').dataset.state === state",
-        arg=state, timeout=timeout,
+        arg=state,
+        timeout=timeout,
     )
 
 
@@ -197,7 +206,6 @@ window.until = (predicate, timeout = 5000, what = "condition") => new Promise((r
 window.ready = true;
 </script></body></html>
 """
-
 
 
 def open_test_page(page, broker: BrokerProcess) -> None:

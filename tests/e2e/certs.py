@@ -4,6 +4,7 @@
 :class:`TestCertificates`; the ``certificates`` fixture does it once per session into a
 ``tmp_path_factory`` directory. ``bench/transports.py`` imports this module too.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -20,15 +21,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 @attrs.frozen
 class TestCertificates:
     directory: Path
-    ca: Path                 # the trusted test CA (certificate only)
-    server_cert: Path        # 127.0.0.1 / localhost, signed by ``ca``
+    ca: Path  # the trusted test CA (certificate only)
+    server_cert: Path  # 127.0.0.1 / localhost, signed by ``ca``
     server_key: Path
-    client_cert: Path        # CN "device-42", signed by ``ca``
+    client_cert: Path  # CN "device-42", signed by ``ca``
     client_key: Path
-    untrusted_ca: Path       # another CA the broker does not trust
-    untrusted_cert: Path     # CN "intruder", signed by ``untrusted_ca``
+    untrusted_ca: Path  # another CA the broker does not trust
+    untrusted_cert: Path  # CN "intruder", signed by ``untrusted_ca``
     untrusted_key: Path
-    wrong_key: Path          # a key that does not match ``server_cert``
+    wrong_key: Path  # a key that does not match ``server_cert``
 
     __test__ = False  # not a pytest test class
 
@@ -38,18 +39,22 @@ def _key() -> ec.EllipticCurvePrivateKey:
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mqtt-twisted tests"),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "mqtt-twisted tests"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _write_key(path: Path, key) -> Path:
-    path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    ))
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
     path.chmod(0o600)
     return path
 
@@ -60,7 +65,7 @@ def _write_cert(path: Path, cert: x509.Certificate) -> Path:
 
 
 def _builder(subject: x509.Name, issuer: x509.Name, public_key) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -79,9 +84,17 @@ def _ca(common_name: str):
         _builder(name, name, key.public_key())
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                          data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                          crl_sign=True, encipher_only=False, decipher_only=False),
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -96,8 +109,9 @@ def _leaf(common_name: str, ca_key, ca_cert: x509.Certificate, server: bool):
         _builder(_name(common_name), ca_cert.subject, key.public_key())
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
-                                   else ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
             critical=False,
         )
         .add_extension(
@@ -106,10 +120,12 @@ def _leaf(common_name: str, ca_key, ca_cert: x509.Certificate, server: bool):
     )
     if server:
         builder = builder.add_extension(
-            x509.SubjectAlternativeName([
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                x509.DNSName("localhost"),
-            ]),
+            x509.SubjectAlternativeName(
+                [
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.DNSName("localhost"),
+                ]
+            ),
             critical=False,
         )
     return key, builder.sign(ca_key, hashes.SHA256())

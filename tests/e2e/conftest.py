@@ -1,4 +1,5 @@
 """Fixtures that start a broker in this process on a free loopback port."""
+
 from __future__ import annotations
 
 import attrs

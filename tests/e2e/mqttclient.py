@@ -1,4 +1,5 @@
 """Test helpers: a paho-mqtt client whose callbacks land in queues, awaited without blocking the reactor."""
+
 from __future__ import annotations
 
 import queue
@@ -159,7 +160,7 @@ class RawClient:
                 chunk = self.sock.recv(4096)
                 if not chunk:
                     return True
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             return False
         except OSError:
             return True
@@ -188,8 +189,9 @@ def connect_bytes(
     from mqtt_twisted.packets import Connect, encode
 
     name = "MQIsdp" if protocol_level == 3 else "MQTT"
-    packet = Connect(client_id, protocol_level, name, clean_session, keep_alive,
-                     username, password, will)
+    packet = Connect(
+        client_id, protocol_level, name, clean_session, keep_alive, username, password, will
+    )
     return encode(packet, protocol_level)
 
 
@@ -250,11 +252,18 @@ def packet(first_byte: int, body: bytes = b"") -> bytes:
     return bytes([first_byte]) + remaining_length(len(body)) + body
 
 
-def connect_packet(client_id: str, clean: bool = True, keepalive: int = 60, level: int = 4) -> bytes:
+def connect_packet(
+    client_id: str, clean: bool = True, keepalive: int = 60, level: int = 4
+) -> bytes:
     name = b"MQTT" if level == 4 else b"MQIsdp"
     flags = 0x02 if clean else 0
-    return packet(0x10, mqtt_string(name) + bytes([level, flags]) + keepalive.to_bytes(2, "big")
-                  + mqtt_string(client_id))
+    return packet(
+        0x10,
+        mqtt_string(name)
+        + bytes([level, flags])
+        + keepalive.to_bytes(2, "big")
+        + mqtt_string(client_id),
+    )
 
 
 def subscribe_packet(packet_id: int, filters) -> bytes:
@@ -269,8 +278,14 @@ def unsubscribe_packet(packet_id: int, filters) -> bytes:
     return packet(0xA2, packet_id.to_bytes(2, "big") + b"".join(mqtt_string(f) for f in filters))
 
 
-def publish_packet(topic: str, payload: bytes = b"", qos: int = 0, packet_id: int | None = None,
-                   retain: bool = False, dup: bool = False) -> bytes:
+def publish_packet(
+    topic: str,
+    payload: bytes = b"",
+    qos: int = 0,
+    packet_id: int | None = None,
+    retain: bool = False,
+    dup: bool = False,
+) -> bytes:
     first = 0x30 | (qos << 1) | (0x01 if retain else 0) | (0x08 if dup else 0)
     body = mqtt_string(topic)
     if qos:
@@ -297,8 +312,8 @@ def parse_publish(first_byte: int, body: bytes) -> RawPublish:
     assert first_byte >> 4 == 3, f"not a PUBLISH: {first_byte:#x}"
     qos = (first_byte >> 1) & 3
     length = int.from_bytes(body[:2], "big")
-    topic = body[2:2 + length].decode()
-    rest = body[2 + length:]
+    topic = body[2 : 2 + length].decode()
+    rest = body[2 + length :]
     packet_id = None
     if qos:
         packet_id, rest = int.from_bytes(rest[:2], "big"), rest[2:]
@@ -318,7 +333,7 @@ def _read_packet(sock: socket.socket, timeout: float):
             sock.settimeout(left)
             try:
                 chunk = sock.recv(count - len(data))
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 return None
             if not chunk:
                 return None
@@ -383,8 +398,9 @@ def record_publish_reasons(client: Paho) -> queue.Queue:
     return reasons
 
 
-async def publish_reason(client: Paho, topic: str, payload=b"", qos: int = 1,
-                         retain: bool = False, **kwargs) -> int:
+async def publish_reason(
+    client: Paho, topic: str, payload=b"", qos: int = 1, retain: bool = False, **kwargs
+) -> int:
     """Publish at QoS 1/2 and return the reason code (int) the broker acknowledged it with."""
     reasons = record_publish_reasons(client)
     info = client.client.publish(topic, payload, qos, retain, **kwargs)
@@ -394,13 +410,22 @@ async def publish_reason(client: Paho, topic: str, payload=b"", qos: int = 1,
             return rc.value if hasattr(rc, "value") else int(rc)
 
 
-def v5_connect_bytes(client_id: str, clean_start: bool = True, keep_alive: int = 60,
-                     properties: dict | None = None, will=None) -> bytes:
+def v5_connect_bytes(
+    client_id: str,
+    clean_start: bool = True,
+    keep_alive: int = 60,
+    properties: dict | None = None,
+    will=None,
+) -> bytes:
     """An MQTT 5.0 CONNECT."""
     from mqtt_twisted.packets import Connect, encode
 
-    return encode(Connect(client_id, 5, "MQTT", clean_start, keep_alive, will=will,
-                          properties=properties or {}), 5)
+    return encode(
+        Connect(
+            client_id, 5, "MQTT", clean_start, keep_alive, will=will, properties=properties or {}
+        ),
+        5,
+    )
 
 
 def v5_bytes(packet_object) -> bytes:

@@ -3,6 +3,7 @@
 Normative statements are those of OASIS MQTT 3.1.1 unless said otherwise; MQTT 3.1
 (protocol name "MQIsdp", level 3) is covered where it differs.
 """
+
 import time
 
 import paho.mqtt.client as mqtt
@@ -146,11 +147,13 @@ async def test_unacceptable_protocol_version(broker, raw, connect):
         pytest.param({}, connect_bytes("", protocol_level=3), id="mqtt31-empty-id"),
         # allow_zero_length_clientid off: an empty id is refused even with clean session 1
         # [MQTT-3.1.3-9]
-        pytest.param({"allow_zero_length_clientid": False}, connect_bytes(""),
-                     id="empty-id-not-allowed"),
+        pytest.param(
+            {"allow_zero_length_clientid": False}, connect_bytes(""), id="empty-id-not-allowed"
+        ),
         # keep alive above max_keepalive: refused with 0x02, as Mosquitto 2.x does
-        pytest.param({"max_keepalive": 10}, connect_bytes("sleepy", keep_alive=11),
-                     id="keepalive-above-max"),
+        pytest.param(
+            {"max_keepalive": 10}, connect_bytes("sleepy", keep_alive=11), id="keepalive-above-max"
+        ),
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -170,13 +173,18 @@ async def test_identifier_rejected(start_broker, raw, config, connect):
     [
         # will topic "w/#" (flags 0x06: will, clean session) is not a valid topic name
         # [MQTT-3.3.2-2]; Mosquitto closes without CONNACK
-        pytest.param({}, b"\x10\x15\x00\x04MQTT\x04\x06\x00\x3c\x00\x01c\x00\x03w/#\x00\x01x",
-                     id="will-topic-wildcard"),
+        pytest.param(
+            {},
+            b"\x10\x15\x00\x04MQTT\x04\x06\x00\x3c\x00\x01c\x00\x03w/#\x00\x01x",
+            id="will-topic-wildcard",
+        ),
         # will QoS 2 (flags 0x16) with max_qos 1: 3.x has no return code for it; Mosquitto 2.x
         # closes without CONNACK
-        pytest.param({"max_qos": 1},
-                     b"\x10\x13\x00\x04MQTT\x04\x16\x00\x3c\x00\x01c\x00\x01w\x00\x01x",
-                     id="will-QoS-above-max_qos"),
+        pytest.param(
+            {"max_qos": 1},
+            b"\x10\x13\x00\x04MQTT\x04\x16\x00\x3c\x00\x01c\x00\x01w\x00\x01x",
+            id="will-QoS-above-max_qos",
+        ),
     ],
 )
 @pytest_twisted.ensureDeferred

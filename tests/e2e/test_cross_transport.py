@@ -3,6 +3,7 @@
 The listeners are built by hand the way ``makeService`` builds them (``tls.server_endpoint`` +
 ``MQTTFactory`` / ``web.build_site``), see ``transports.listen``.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -37,7 +38,10 @@ async def test_tcp_publisher_reaches_tls_ws_and_wss_subscribers(listen, tclients
     for kind, sub in subscribers.items():
         message = await sub.message()
         assert (message.topic, message.payload, message.qos) == (
-            "cross/from-tcp", b"to everyone", 1), kind
+            "cross/from-tcp",
+            b"to everyone",
+            1,
+        ), kind
 
 
 @pytest.mark.parametrize("kind", OTHERS)
@@ -53,5 +57,8 @@ async def test_publisher_reaches_tcp_subscriber(listen, tclients, certificates, 
         await pub.publish(f"cross/from-{kind}", f"qos {qos}".encode(), qos=qos)
         message = await sub.message()
         assert (message.topic, message.payload, message.qos) == (
-            f"cross/from-{kind}", f"qos {qos}".encode(), qos)
+            f"cross/from-{kind}",
+            f"qos {qos}".encode(),
+            qos,
+        )
     assert sub.messages.empty()

@@ -1,18 +1,23 @@
 """The browser dashboard at ``/``, in real headless Chromium, against the broker run by
 ``twistd``: live $SYS figures, the topic watcher, the publish form, reconnecting after a
 broker restart, the sign-in prompt, and a layout that fits a phone."""
+
 from __future__ import annotations
 
-import re
 import os
+import re
 import shutil
 
 import pytest
 
 from mqtt_twisted import __version__
 
-from .browser import (REPO, AuthGate, broker_process, chromium, page, paho,  # noqa: F401
-                      wait_for_state)
+from .browser import (
+    REPO,
+    AuthGate,
+    paho,  # noqa: F401
+    wait_for_state,
+)
 
 #: Chromium's own console line for a WebSocket that cannot connect (the broker is down)
 WEBSOCKET_FAILED = re.compile(r"WebSocket connection to 'ws://[^']+/mqtt' failed")
@@ -31,18 +36,20 @@ def open_dashboard(page, broker) -> None:
 def watch(page, topic_filter: str) -> None:
     page.fill("#watch-filter", topic_filter)
     page.click("#watch-button")
-    page.wait_for_function(
-        "document.getElementById('watch-info').dataset.subscribed === 'true'")
+    page.wait_for_function("document.getElementById('watch-info').dataset.subscribed === 'true'")
 
 
 def rows(page) -> list[dict]:
-    return page.eval_on_selector_all("#messages li", """items => items.map(li => ({
+    return page.eval_on_selector_all(
+        "#messages li",
+        """items => items.map(li => ({
         topic: li.querySelector('.topic').textContent,
         qos: li.querySelector('.qos').textContent,
         retain: li.querySelector('.retain').textContent,
         payload: li.querySelector('.payload').textContent,
         hex: li.querySelector('.payload').classList.contains('hex'),
-    }))""")
+    }))""",
+    )
 
 
 def test_page_loads_connects_and_shows_live_broker_figures(page, broker, paho):
@@ -92,8 +99,13 @@ def test_watcher_shows_messages_from_paho_newest_first(page, broker, paho):
     assert rows(page) == [
         {"topic": "plant/raw", "qos": "QoS 0", "retain": "", "payload": "00 01 fe ff", "hex": True},
         {"topic": "plant/pump", "qos": "QoS 1", "retain": "", "payload": "on", "hex": False},
-        {"topic": "plant/door", "qos": "QoS 1", "retain": "retained", "payload": "open",
-         "hex": False},
+        {
+            "topic": "plant/door",
+            "qos": "QoS 1",
+            "retain": "retained",
+            "payload": "open",
+            "hex": False,
+        },
     ]
     assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3}", page.inner_text("#messages li .time"))
     # the list is capped
@@ -124,7 +136,8 @@ def test_publish_form_reaches_a_paho_subscriber(page, broker, paho):
     message = sub.message()
     assert (message.topic, message.payload.decode(), message.qos) == ("lights/kitchen", "on ✓", 1)
     page.wait_for_function(
-        "document.getElementById('publish-result').textContent.includes('PUBACK')")
+        "document.getElementById('publish-result').textContent.includes('PUBACK')"
+    )
     # retained: a later subscriber gets it with the retain flag
     late = paho(broker.mqtt_port, "form-late")
     late.subscribe("lights/kitchen", qos=0)
@@ -138,14 +151,20 @@ def test_publish_form_reaches_a_paho_subscriber(page, broker, paho):
     page.click("#publish-button")
     message = sub.message()
     assert (message.topic, message.payload, message.qos, message.retain) == (
-        "lights/hall", b"off", 0, False)
+        "lights/hall",
+        b"off",
+        0,
+        False,
+    )
     page.wait_for_function(
-        "document.getElementById('publish-result').textContent.includes('QoS 0')")
+        "document.getElementById('publish-result').textContent.includes('QoS 0')"
+    )
     # a topic with a wildcard is refused by the page, not sent
     page.fill("#publish-topic", "lights/#")
     page.click("#publish-button")
     page.wait_for_function(
-        "document.getElementById('publish-result').textContent.startsWith('Not published')")
+        "document.getElementById('publish-result').textContent.startsWith('Not published')"
+    )
     assert page.console.errors == []
 
 
@@ -190,7 +209,10 @@ def test_sign_in_prompt_when_the_broker_refuses_anonymous_clients(page, broker):
     assert page.input_value("#login-password") == ""
     page.wait_for_function("document.getElementById('clients-connected').textContent === '1'")
     assert [(c.username, c.password) for c in gate.connects] == [
-        (None, None), ("operator", b"wrong"), ("operator", b"correct horse")]
+        (None, None),
+        ("operator", b"wrong"),
+        ("operator", b"correct horse"),
+    ]
     assert page.console.errors == []
 
 

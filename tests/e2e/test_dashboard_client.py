@@ -2,6 +2,7 @@
 against the broker run by ``twistd``: connect, subscribe, QoS 0 and 1 both ways, packets split
 across and coalesced in WebSocket frames, keep alive, reconnect with back-off, refused CONNACKs.
 """
+
 from __future__ import annotations
 
 import socket
@@ -10,8 +11,11 @@ import pytest
 
 from mqtt_twisted.packets import Parser
 
-from .browser import (AuthGate, broker_process, chromium, free_port,  # noqa: F401
-                      open_test_page, page, paho)
+from .browser import (
+    AuthGate,
+    free_port,  # noqa: F401
+    open_test_page,
+)
 from .mqttclient import connect_bytes
 
 
@@ -72,7 +76,9 @@ def test_interoperates_with_paho_both_ways_and_acknowledges_qos1(broker_process,
         return client.log.messages.map((m) => [m.topic, m.text, m.qos]);
     }""")
     assert texts == [[f"from/paho/{i}", f"message {i}", 1] for i in range(5)]
-    page.evaluate("""() => client.publish("from/js/q1", "from the browser", { qos: 1, retain: false })""")
+    page.evaluate(
+        """() => client.publish("from/js/q1", "from the browser", { qos: 1, retain: false })"""
+    )
     message = sub.message()
     assert (message.topic, message.payload, message.qos) == ("from/js/q1", b"from the browser", 1)
 
@@ -145,7 +151,11 @@ def test_raw_packets_split_over_frames_and_coalesced_in_one_frame(mqtt_page):
     by_type = {p["type"]: p for p in rest}
     assert by_type[9]["packetId"] == 7 and by_type[9]["granted"] == [1]  # SUBACK
     assert by_type[4]["packetId"] == 8  # PUBACK
-    assert (by_type[3]["topic"], by_type[3]["payload"], by_type[3]["qos"]) == ("raw/echo", "echo", 1)
+    assert (by_type[3]["topic"], by_type[3]["payload"], by_type[3]["qos"]) == (
+        "raw/echo",
+        "echo",
+        1,
+    )
 
 
 def test_parser_handles_any_split_and_coalescing(mqtt_page):
@@ -295,14 +305,17 @@ def test_unacknowledged_qos1_publish_is_sent_after_reconnecting(page, broker, pa
 
 def test_backoff_doubles_up_to_the_maximum_while_the_broker_is_away(mqtt_page):
     port = free_port()  # nothing listens there
-    retries = mqtt_page.evaluate("""async (port) => {
+    retries = mqtt_page.evaluate(
+        """async (port) => {
         const client = makeClient({ minReconnectDelay: 50, maxReconnectDelay: 400 },
                                   `ws://127.0.0.1:${port}/mqtt`);
         client.connect();
         await until(() => client.log.states.filter((s) => s.retryIn !== undefined).length >= 6, 8000);
         client.end();
         return client.log.states.filter((s) => s.retryIn !== undefined).map((s) => s.retryIn);
-    }""", port)
+    }""",
+        port,
+    )
     assert retries[:6] == [50, 100, 200, 400, 400, 400]
 
 
@@ -340,10 +353,20 @@ def test_refused_connack_stops_reconnecting_until_credentials_are_given(page, br
     }""")
     assert result["refusedState"] == "refused"
     assert result["refused"] == [{"returnCode": 5, "reason": "not authorized"}] * 2
-    assert result["states"] == ["connecting", "refused", "connecting", "refused", "connecting",
-                                "connected", "closed"]
+    assert result["states"] == [
+        "connecting",
+        "refused",
+        "connecting",
+        "refused",
+        "connecting",
+        "connected",
+        "closed",
+    ]
     assert [(c.username, c.password) for c in gate.connects] == [
-        (None, None), ("alice", b"wrong"), ("alice", b"s3cret")]
+        (None, None),
+        ("alice", b"wrong"),
+        ("alice", b"s3cret"),
+    ]
     assert all(c.client_id == "js-auth" and c.protocol_level == 4 for c in gate.connects)
 
 
@@ -380,7 +403,11 @@ def test_connect_packet_carries_credentials_and_keepalive(mqtt_page):
     parser.feed(bytes(decoded))
     connect = parser.next_packet()
     assert (connect.client_id, connect.keep_alive, connect.username, connect.password) == (
-        "c1", 42, "ü", b"p")
+        "c1",
+        42,
+        "ü",
+        b"p",
+    )
     assert connect.protocol_name == "MQTT" and connect.protocol_level == 4 and connect.clean_start
 
 

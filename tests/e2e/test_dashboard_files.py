@@ -1,5 +1,6 @@
 """The dashboard's static files: found in the source tree, served at ``/`` next to ``/mqtt``,
 and shipped in the wheel (a real ``pip install .`` into a fresh virtual environment)."""
+
 from __future__ import annotations
 
 import os
@@ -12,7 +13,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import pytest
 from twisted.internet import reactor
 from twisted.web.static import Data
 
@@ -110,33 +110,65 @@ def test_pip_install_puts_the_dashboard_into_the_environment(tmp_path):
     python = venv / "bin" / "python"
     purelib = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True).stdout.strip()
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     # The dependencies (and setuptools/wheel for the build) come from the test environment:
     # its site-packages as a plain path, so its own .pth files (the editable install of this
     # checkout) are not read.
     Path(purelib, "test-environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", dashboard.ENVIRONMENT_VARIABLE)}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", dashboard.ENVIRONMENT_VARIABLE)
+    }
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-         "--no-build-isolation", "--no-index", "--disable-pip-version-check", "-q", str(source)],
-        check=True, cwd=tmp_path, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "-q",
+            str(source),
+        ],
+        check=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
     )
     shutil.rmtree(source)  # nothing may come from the source tree any more
 
     found = subprocess.run(
-        [str(python), "-c",
-         "import mqtt_twisted, mqtt_twisted.dashboard as d; "
-         "print(mqtt_twisted.__file__); print(d.find_web_directory())"],
-        check=True, capture_output=True, text=True, cwd=tmp_path, env=env,
+        [
+            str(python),
+            "-c",
+            "import mqtt_twisted, mqtt_twisted.dashboard as d; "
+            "print(mqtt_twisted.__file__); print(d.find_web_directory())",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
     ).stdout.splitlines()
     assert Path(found[0]).is_relative_to(purelib)
     web = Path(found[1])
     assert web == venv / "share" / "mqtt-twisted" / "web"
     assert sorted(p.name for p in web.iterdir()) == WEB_FILES
 
-    broker = BrokerProcess(tmp_path, "--sys-interval", "0",
-                           twistd=[str(python), "-c", "from twisted.scripts.twistd import run; run()"])
+    broker = BrokerProcess(
+        tmp_path,
+        "--sys-interval",
+        "0",
+        twistd=[str(python), "-c", "from twisted.scripts.twistd import run; run()"],
+    )
     broker.start()
     try:
         status, _type, body = get(broker.url)

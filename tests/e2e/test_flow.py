@@ -1,4 +1,5 @@
 """Flow control: the in-flight window for QoS 1/2, and slow readers that stop reading."""
+
 import socket
 import threading
 import time
@@ -8,8 +9,8 @@ from twisted.internet.threads import deferToThread
 
 from .mqttclient import (
     PUBACK,
-    RawClient,
     TIMEOUT,
+    RawClient,
     _read_packet,
     ack_packet,
     connect_packet,

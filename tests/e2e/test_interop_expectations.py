@@ -7,6 +7,7 @@ ids ``myclientid`` / ``myclientid2`` and the topics ``TopicA``, ``TopicA/B``, ``
 ``TopicA/C``, ``/TopicA``; the waits here are shorter than the suite's, the behaviour is the
 same. Each test names the suite test(s) it mirrors and the spec statement it checks.
 """
+
 from __future__ import annotations
 
 import time
@@ -52,8 +53,9 @@ INTEROP = {"max_keepalive": 60}
 USER_PROPERTIES = [("a", "2"), ("c", "3")]
 
 
-async def v5_subscriber(raw, port: int, client_id: str, filters, sub_id: int | None = None,
-                        **connect):
+async def v5_subscriber(
+    raw, port: int, client_id: str, filters, sub_id: int | None = None, **connect
+):
     """A raw MQTT 5 client subscribed to ``filters`` = [(filter, qos), ...] (one SUBSCRIBE)."""
     sock = raw(port)
     connack = await raw_v5_connect(sock, client_id, **connect)
@@ -117,8 +119,13 @@ async def test_keep_alive_expiry_publishes_will_with_its_user_properties(start_b
     in order [MQTT-3.3.2-18] (Will Delay Interval 0 is the default)."""
     running = start_broker(**INTEROP)
     sub, _ = await v5_subscriber(raw, running.port, "myclientid2", [("Topic/C", 2)])
-    will = Will("Topic/C", b"will message", 2, False,
-                {Property.WILL_DELAY_INTERVAL: 0, Property.USER_PROPERTY: USER_PROPERTIES})
+    will = Will(
+        "Topic/C",
+        b"will message",
+        2,
+        False,
+        {Property.WILL_DELAY_INTERVAL: 0, Property.USER_PROPERTY: USER_PROPERTIES},
+    )
     silent = raw(running.port)
     await raw_v5_connect(silent, "myclientid", keep_alive=1, will=will)
     started = time.monotonic()
@@ -137,12 +144,15 @@ async def test_client_receive_maximum_holds_back_the_third_publish(start_broker,
     """test_flow_control1: Receive Maximum 2, three QoS 1 messages to the client's own
     subscription: two PUBLISH, the third only after a PUBACK [MQTT-3.3.4-9]."""
     running = start_broker(**INTEROP)
-    sock, _ = await v5_subscriber(raw, running.port, "myclientid", [("TopicA", 2)],
-                                  properties={Property.RECEIVE_MAXIMUM: 2,
-                                              Property.SESSION_EXPIRY_INTERVAL: 0})
+    sock, _ = await v5_subscriber(
+        raw,
+        running.port,
+        "myclientid",
+        [("TopicA", 2)],
+        properties={Property.RECEIVE_MAXIMUM: 2, Property.SESSION_EXPIRY_INTERVAL: 0},
+    )
     for packet_id in (1, 2, 3):
-        sock.send(v5_bytes(Publish("TopicA", b"message %d" % packet_id, 1,
-                                   packet_id=packet_id)))
+        sock.send(v5_bytes(Publish("TopicA", b"message %d" % packet_id, 1, packet_id=packet_id)))
     got = await v5_packets(sock, 5)  # 3 PUBACKs and 2 PUBLISH, in whatever interleaving
     publishes = [p for p in got if p.type == PacketType.PUBLISH]
     assert sorted(p.packet_id for p in got if p.type == PacketType.PUBACK) == [1, 2, 3]
@@ -162,8 +172,12 @@ async def test_broker_receive_maximum_exceeded_at_default(start_broker, raw):
     connack = await raw_v5_connect(sock, "myclientid")
     maximum = connack.properties[Property.RECEIVE_MAXIMUM]
     assert maximum == 20
-    sock.send(b"".join(v5_bytes(Publish("TopicA", b"message %d" % n, 2, packet_id=n))
-                       for n in range(1, maximum + 2)))
+    sock.send(
+        b"".join(
+            v5_bytes(Publish("TopicA", b"message %d" % n, 2, packet_id=n))
+            for n in range(1, maximum + 2)
+        )
+    )
     pubrecs = await v5_packets(sock, maximum)
     assert {p.type for p in pubrecs} == {PacketType.PUBREC}
     assert await server_disconnect_reason(sock) == ReasonCode.RECEIVE_MAXIMUM_EXCEEDED
@@ -180,18 +194,32 @@ async def test_client_topic_alias_0_and_alias_from_an_earlier_connection(start_b
     running = start_broker(**INTEROP)
     zero = raw(running.port)
     await raw_v5_connect(zero, "myclientid")
-    zero.send(v5_bytes(Publish("TopicA", b"topic alias 0", 1, packet_id=1,
-                               properties={Property.TOPIC_ALIAS: 0})))
+    zero.send(
+        v5_bytes(
+            Publish(
+                "TopicA", b"topic alias 0", 1, packet_id=1, properties={Property.TOPIC_ALIAS: 0}
+            )
+        )
+    )
     assert await server_disconnect_reason(zero) == ReasonCode.TOPIC_ALIAS_INVALID
 
     keep = {Property.TOPIC_ALIAS_MAXIMUM: 0, Property.SESSION_EXPIRY_INTERVAL: 99999}
-    sock, connack = await v5_subscriber(raw, running.port, "myclientid", [("TopicA", 2)],
-                                        properties=keep)
+    sock, connack = await v5_subscriber(
+        raw, running.port, "myclientid", [("TopicA", 2)], properties=keep
+    )
     assert connack.properties[Property.TOPIC_ALIAS_MAXIMUM] > 0
-    sock.send(v5_bytes(Publish("TopicA", b"topic alias 1", 1, packet_id=1,
-                               properties={Property.TOPIC_ALIAS: 1})))
-    sock.send(v5_bytes(Publish("", b"topic alias 2", 1, packet_id=2,
-                               properties={Property.TOPIC_ALIAS: 1})))
+    sock.send(
+        v5_bytes(
+            Publish(
+                "TopicA", b"topic alias 1", 1, packet_id=1, properties={Property.TOPIC_ALIAS: 1}
+            )
+        )
+    )
+    sock.send(
+        v5_bytes(
+            Publish("", b"topic alias 2", 1, packet_id=2, properties={Property.TOPIC_ALIAS: 1})
+        )
+    )
     got = await v5_packets(sock, 4)
     publishes = [p for p in got if p.type == PacketType.PUBLISH]
     assert [p.topic for p in publishes] == ["TopicA", "TopicA"]
@@ -206,8 +234,11 @@ async def test_client_topic_alias_0_and_alias_from_an_earlier_connection(start_b
     again.send(v5_bytes(Publish("TopicA", b"topic alias 3", 1, packet_id=3)))
     got = await v5_packets(again, 2)
     assert [p.payload for p in got if p.type == PacketType.PUBLISH] == [b"topic alias 3"]
-    again.send(v5_bytes(Publish("", b"topic alias 4", 1, packet_id=4,
-                                properties={Property.TOPIC_ALIAS: 1})))
+    again.send(
+        v5_bytes(
+            Publish("", b"topic alias 4", 1, packet_id=4, properties={Property.TOPIC_ALIAS: 1})
+        )
+    )
     assert await server_disconnect_reason(again) == ReasonCode.PROTOCOL_ERROR
 
 
@@ -217,15 +248,17 @@ async def test_server_topic_alias_only_when_allowed(start_broker, raw):
     and alias 1, the next ones alias 1 and an empty topic [MQTT-3.1.2-26]; without it (absent
     or 0) no alias at all [MQTT-3.1.2-27]."""
     running = start_broker(**INTEROP)
-    for maximum, expected in ((1, [("TopicA", 1), ("", 1), ("", 1)]),
-                              (None, [("TopicA", None)] * 3),
-                              (0, [("TopicA", None)] * 3)):
+    for maximum, expected in (
+        (1, [("TopicA", 1), ("", 1), ("", 1)]),
+        (None, [("TopicA", None)] * 3),
+        (0, [("TopicA", None)] * 3),
+    ):
         properties = {} if maximum is None else {Property.TOPIC_ALIAS_MAXIMUM: maximum}
-        sock, _ = await v5_subscriber(raw, running.port, "myclientid", [("TopicA", 2)],
-                                      properties=properties)
+        sock, _ = await v5_subscriber(
+            raw, running.port, "myclientid", [("TopicA", 2)], properties=properties
+        )
         for qos in range(3):
-            sock.send(v5_bytes(Publish("TopicA", b"topic alias 1", qos,
-                                       packet_id=qos or None)))
+            sock.send(v5_bytes(Publish("TopicA", b"topic alias 1", qos, packet_id=qos or None)))
         publishes = []
         while len(publishes) < 3:
             (one,) = await v5_packets(sock, 1)
@@ -250,8 +283,13 @@ async def test_client_maximum_packet_size_64(start_broker, raw):
     that half); a client with Maximum Packet Size 64 gets a 32-byte payload but not a
     64-byte one [MQTT-3.1.2-25]."""
     running = start_broker(**INTEROP)
-    sock, connack = await v5_subscriber(raw, running.port, "myclientid", [("TopicA", 2)],
-                                        properties={Property.MAXIMUM_PACKET_SIZE: 64})
+    sock, connack = await v5_subscriber(
+        raw,
+        running.port,
+        "myclientid",
+        [("TopicA", 2)],
+        properties={Property.MAXIMUM_PACKET_SIZE: 64},
+    )
     assert connack.properties[Property.MAXIMUM_PACKET_SIZE] >= 65535
     sock.send(v5_bytes(Publish("TopicA", b"." * 32, 0)))
     (small,) = await v5_packets(sock, 1)
@@ -270,8 +308,13 @@ async def test_overlapping_subscriptions_one_message_with_every_identifier(start
     running = start_broker(**INTEROP)
     a, _ = await v5_subscriber(raw, running.port, "myclientid", [("TopicA", 2)], sub_id=456789)
     b, _ = await v5_subscriber(raw, running.port, "myclientid2", [("TopicA", 2)], sub_id=2)
-    b.send(v5_bytes(Subscribe(2, [SubscriptionRequest("TopicA/#", 2)],
-                              {Property.SUBSCRIPTION_IDENTIFIER: [3]})))
+    b.send(
+        v5_bytes(
+            Subscribe(
+                2, [SubscriptionRequest("TopicA/#", 2)], {Property.SUBSCRIPTION_IDENTIFIER: [3]}
+            )
+        )
+    )
     assert (await read_v5(b)).type == PacketType.SUBACK
     b.send(v5_bytes(Publish("TopicA", b"sub identifier test", 1, packet_id=1)))
     (to_a,) = await v5_packets(a, 1)
@@ -294,11 +337,17 @@ async def test_will_delay_ends_at_delay_or_session_end(start_broker, raw):
     running = start_broker(**INTEROP)
     sub, _ = await v5_subscriber(raw, running.port, "myclientid2", [("TopicA", 2)])
     for delay, expiry, low, high in ((2, 4, 1.9, 3.0), (3, 0, 0.0, 1.0), (3, 1, 0.9, 2.0)):
-        will = Will("TopicA", b"test_will_delay will message", 0, False,
-                    {Property.WILL_DELAY_INTERVAL: delay})
+        will = Will(
+            "TopicA",
+            b"test_will_delay will message",
+            0,
+            False,
+            {Property.WILL_DELAY_INTERVAL: delay},
+        )
         client = raw(running.port)
-        await raw_v5_connect(client, "myclientid", will=will,
-                             properties={Property.SESSION_EXPIRY_INTERVAL: expiry})
+        await raw_v5_connect(
+            client, "myclientid", will=will, properties={Property.SESSION_EXPIRY_INTERVAL: expiry}
+        )
         client.close()
         started = time.monotonic()
         (publish,) = await v5_packets(sub, 1)
@@ -316,8 +365,12 @@ async def test_session_expiry_from_connect_and_disconnect(start_broker, raw):
 
     async def connect(clean: bool, expiry: int) -> bool:
         sock = raw(running.port)
-        connack = await raw_v5_connect(sock, "myclientid", clean_start=clean,
-                                       properties={Property.SESSION_EXPIRY_INTERVAL: expiry})
+        connack = await raw_v5_connect(
+            sock,
+            "myclientid",
+            clean_start=clean,
+            properties={Property.SESSION_EXPIRY_INTERVAL: expiry},
+        )
         sock.send(v5_bytes(Subscribe(1, [SubscriptionRequest("TopicA", 2)])))
         assert (await read_v5(sock)).type == PacketType.SUBACK
         sessions.append(sock)
@@ -355,15 +408,29 @@ async def test_publication_expiry_for_an_offline_subscriber(start_broker, raw):
     their Message Expiry Interval passed [MQTT-3.3.2-5]; the others arrive with the
     remaining interval [MQTT-3.3.2-6]. DISCONNECT may raise Session Expiry (3.14.2.2.2)."""
     running = start_broker(**INTEROP)
-    sub, _ = await v5_subscriber(raw, running.port, "myclientid2", [("TopicA", 2)],
-                                 properties={Property.SESSION_EXPIRY_INTERVAL: 99999})
+    sub, _ = await v5_subscriber(
+        raw,
+        running.port,
+        "myclientid2",
+        [("TopicA", 2)],
+        properties={Property.SESSION_EXPIRY_INTERVAL: 99999},
+    )
     sub.send(v5_bytes(Disconnect(0, {Property.SESSION_EXPIRY_INTERVAL: 999999999})))
     assert await sub.closed()
     pub = raw(running.port)
     await raw_v5_connect(pub, "myclientid")
     for n, (qos, expiry) in enumerate(((1, 1), (2, 1), (1, 6), (2, 6)), start=1):
-        pub.send(v5_bytes(Publish("TopicA", b"m%d" % n, qos, packet_id=n,
-                                  properties={Property.MESSAGE_EXPIRY_INTERVAL: expiry})))
+        pub.send(
+            v5_bytes(
+                Publish(
+                    "TopicA",
+                    b"m%d" % n,
+                    qos,
+                    packet_id=n,
+                    properties={Property.MESSAGE_EXPIRY_INTERVAL: expiry},
+                )
+            )
+        )
     assert len(await v5_packets(pub, 4)) == 4  # PUBACK, PUBREC, PUBACK, PUBREC
     await sleep(1.5)
     back = raw(running.port)
@@ -378,8 +445,7 @@ async def test_publication_expiry_for_an_offline_subscriber(start_broker, raw):
 
 
 @pytest_twisted.ensureDeferred
-async def test_retained_messages_keep_user_properties_and_retain_handling(start_broker,
-                                                                           clients):
+async def test_retained_messages_keep_user_properties_and_retain_handling(start_broker, clients):
     """test_retained_message / test_subscribe_options: retained messages at QoS 0, 1, 2
     keep their User Properties [MQTT-3.3.2-17]; Retain Handling 0 sends them on every
     SUBSCRIBE, 1 only for a new subscription, 2 never [MQTT-3.3.1-9], [MQTT-3.3.1-10]."""
@@ -394,14 +460,14 @@ async def test_retained_messages_keep_user_properties_and_retain_handling(start_
     await client.connect()
     for handling, counts in ((1, (3, 0)), (2, (0, 0)), (0, (3, 3))):
         for expected in counts:
-            await client.subscribe("+/+", options=mqtt.SubscribeOptions(
-                qos=2, retainHandling=handling))
+            await client.subscribe(
+                "+/+", options=mqtt.SubscribeOptions(qos=2, retainHandling=handling)
+            )
             got = await client.messages_for(0.5)
             assert len(got) == expected, (handling, got)
             if expected:
                 assert sorted(m.qos for m in got) == [0, 1, 2]
-                assert all(m.retain and m.properties.UserProperty == USER_PROPERTIES
-                           for m in got)
+                assert all(m.retain and m.properties.UserProperty == USER_PROPERTIES for m in got)
         await client.unsubscribe("+/+")
 
 
@@ -450,8 +516,7 @@ async def test_v311_offline_queueing_session_present_and_redelivery(start_broker
         again.send(connect_packet("myclientid", clean=False, keepalive=0))
         assert await read_packet(again) == (0x20, b"\x01\x00")  # session present
         got = [parse_publish(*await read_packet(again)) for _ in range(2)]
-        assert [(p.topic, p.qos, p.dup) for p in got] == [("Topic/C", 1, dup),
-                                                          ("TopicA/C", 2, dup)]
+        assert [(p.topic, p.qos, p.dup) for p in got] == [("Topic/C", 1, dup), ("TopicA/C", 2, dup)]
         assert await read_packet(again, timeout=0.5) is None
         again.close()  # no acknowledgements: both come again next time
 

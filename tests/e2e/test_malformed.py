@@ -3,6 +3,7 @@ published [MQTT-3.1.2-8], and every other client carries on.
 
 Packets are written by hand, byte for byte, with the broken part commented. OASIS MQTT 3.1.1.
 """
+
 import pytest
 import pytest_twisted
 
@@ -121,7 +122,9 @@ async def test_malformed_packet_after_valid_ones_in_the_same_segment(broker, cli
     first = await watch.message()
     second = await watch.message()
     assert [(m.topic, m.payload) for m in (first, second)] == [
-        ("wills/a", b"ok"), ("wills/mixed-bag", b"bye")]
+        ("wills/a", b"ok"),
+        ("wills/mixed-bag", b"bye"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -130,8 +133,9 @@ async def test_malformed_packet_after_valid_ones_in_the_same_segment(broker, cli
         # CONNECT flags 0x03: reserved bit 0 set [MQTT-3.1.2-3]
         pytest.param(b"\x10\x0d\x00\x04MQTT\x04\x03\x00\x3c\x00\x01c", id="reserved-flag"),
         # will QoS 3 (flags 0x1e) [MQTT-3.1.2-14]
-        pytest.param(b"\x10\x13\x00\x04MQTT\x04\x1e\x00\x3c\x00\x01c\x00\x01w\x00\x01x",
-                     id="will-QoS-3"),
+        pytest.param(
+            b"\x10\x13\x00\x04MQTT\x04\x1e\x00\x3c\x00\x01c\x00\x01w\x00\x01x", id="will-QoS-3"
+        ),
         # password flag without user name flag (flags 0x42) [MQTT-3.1.2-22]
         pytest.param(b"\x10\x10\x00\x04MQTT\x04\x42\x00\x3c\x00\x01c\x00\x01p", id="password-only"),
         # client id length 0x0009 but only one byte follows
@@ -150,8 +154,7 @@ async def test_malformed_connect_is_closed_without_connack(broker, clients, raw,
 
 
 @pytest_twisted.ensureDeferred
-async def test_packet_larger_than_max_packet_size_closes_the_connection(start_broker, clients,
-                                                                        raw):
+async def test_packet_larger_than_max_packet_size_closes_the_connection(start_broker, clients, raw):
     """max_packet_size (Mosquitto's option): a 2003-byte PUBLISH to a broker allowing 1000 closes
     the sender's connection, with its will; other clients are unaffected."""
     running = start_broker(max_packet_size=1000)

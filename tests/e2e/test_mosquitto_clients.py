@@ -3,6 +3,7 @@
 These tests fail (not skip) when mosquitto_pub / mosquitto_sub are missing: they are a
 declared test dependency (README, .ci/run).
 """
+
 import os
 import shutil
 import subprocess
@@ -18,7 +19,9 @@ TOOL_TIMEOUT = 10
 
 
 def tool(name: str) -> str:
-    path = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
+    path = shutil.which(name) or (
+        f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None
+    )
     assert path, f"{name} not found: install the Debian package mosquitto-clients"
     return path
 
@@ -68,8 +71,9 @@ def test_mosquitto_clients_are_installed():
 @pytest_twisted.ensureDeferred
 @pytest.mark.parametrize("version", ["mqttv311", "mqttv31"])
 async def test_mosquitto_sub_receives_paho_publish(broker, clients, version):
-    running = mosquitto_sub(broker.port, "-V", version, "-i", "msub", "-q", "1",
-                            "-C", "1", "-t", "cli/sensors/+", "-v")
+    running = mosquitto_sub(
+        broker.port, "-V", version, "-i", "msub", "-q", "1", "-C", "1", "-t", "cli/sensors/+", "-v"
+    )
     await until_subscribed(broker, "msub", "cli/sensors/+")
     pub = await connected(clients, broker.port, "pub")
     await pub.publish("cli/sensors/kitchen", b"21.5", qos=1)
@@ -86,7 +90,11 @@ async def test_mosquitto_pub_retained_reaches_paho(broker, clients):
     await sub.subscribe("cli/door", 1)
     message = await sub.message()
     assert (message.topic, message.payload, message.qos, message.retain) == (
-        "cli/door", b"open", 1, True)
+        "cli/door",
+        b"open",
+        1,
+        True,
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -119,7 +127,8 @@ async def test_mosquitto_sub_gets_retained_with_retained_only(broker, clients):
     await pub.publish("cli/ret/b", b"B", qos=0, retain=True)
     await pub.publish("cli/ret/a", b"A", qos=1, retain=True)  # PUBACK: both are stored
     out, err, status = await mosquitto_sub(
-        broker.port, "--retained-only", "-C", "2", "-t", "cli/ret/#", "-v")
+        broker.port, "--retained-only", "-C", "2", "-t", "cli/ret/#", "-v"
+    )
     assert status == 0, err
     assert sorted(out.decode().splitlines()) == ["cli/ret/a A", "cli/ret/b B"]
 
@@ -130,8 +139,9 @@ async def test_mosquitto_pub_lines_arrive_in_order(broker, clients):
     sub = await connected(clients, broker.port, "sub")
     await sub.subscribe("cli/lines", 1)
     lines = [f"line {i}" for i in range(50)]
-    await mosquitto_pub(broker.port, "-q", "1", "-t", "cli/lines", "-l",
-                        stdin="\n".join(lines).encode() + b"\n")
+    await mosquitto_pub(
+        broker.port, "-q", "1", "-t", "cli/lines", "-l", stdin="\n".join(lines).encode() + b"\n"
+    )
     received = [(await sub.message()).payload.decode() for _ in lines]
     assert received == lines
 

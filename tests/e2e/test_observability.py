@@ -1,4 +1,5 @@
 """$SYS topics, /metrics and logs, checked against known activity from real clients."""
+
 from __future__ import annotations
 
 import json
@@ -60,7 +61,9 @@ async def test_sys_counters_match_activity(serve, clients):
     assert values["$SYS/broker/publish/bytes/received"] == "150"
     assert values["$SYS/broker/publish/messages/dropped"] == "0"
     assert values["$SYS/broker/subscriptions/count"] == "1"
-    assert int(values["$SYS/broker/messages/received"]) >= 4 + 1 + 30 + 30  # CONNECT, SUB, PUB, PUBACK
+    assert (
+        int(values["$SYS/broker/messages/received"]) >= 4 + 1 + 30 + 30
+    )  # CONNECT, SUB, PUB, PUBACK
     assert int(values["$SYS/broker/bytes/received"]) > 150
     assert values["$SYS/broker/uptime"].endswith(" seconds")
     assert float(values["$SYS/broker/load/publish/received/1min"]) > 0
@@ -136,9 +139,22 @@ async def test_connect_disconnect_and_refusal_are_logged(serve, clients, raw):
 def test_json_log_format_from_twistd(tmp_path):
     twistd = Path(sys.executable).parent / "twistd"
     process = subprocess.Popen(
-        [str(twistd), "-n", "--pidfile=", "mqtt", "--log-format", "json", "--mqtt",
-         "tcp:0:interface=127.0.0.1", "--http", "none"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            str(twistd),
+            "-n",
+            "--pidfile=",
+            "mqtt",
+            "--log-format",
+            "json",
+            "--mqtt",
+            "tcp:0:interface=127.0.0.1",
+            "--http",
+            "none",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         for _ in range(50):

@@ -1,4 +1,5 @@
 """PUBLISH at QoS 0, 1 and 2 in both directions, with the handshakes a client sees."""
+
 import paho.mqtt.client as mqtt
 import pytest
 import pytest_twisted
@@ -126,7 +127,12 @@ async def test_qos2_delivery_to_raw_subscriber(broker, raw, clients):
     first, body = await read_packet(sub)
     publish = parse_publish(first, body)
     assert (publish.topic, publish.payload, publish.qos, publish.dup, publish.retain) == (
-        "q2/t", b"two", 2, False, False)
+        "q2/t",
+        b"two",
+        2,
+        False,
+        False,
+    )
     assert publish.packet_id
     pid = publish.packet_id.to_bytes(2, "big")
     sub.send(ack_packet(PUBREC, publish.packet_id))

@@ -1,4 +1,5 @@
 """Retained messages: set, replace, delete, and what new and existing subscribers get."""
+
 import pytest_twisted
 
 from .mqttclient import (
@@ -29,7 +30,11 @@ async def test_retained_message_sent_to_new_subscriber(broker, clients):
     await sub.subscribe("status/door", 1)
     message = await sub.message()
     assert (message.topic, message.payload, message.qos, message.retain) == (
-        "status/door", b"open", 1, True)
+        "status/door",
+        b"open",
+        1,
+        True,
+    )
     assert await nothing_in(sub.messages, 0.3)
 
 
@@ -81,15 +86,21 @@ async def test_empty_retained_publish_deletes(broker, clients):
 async def test_wildcard_subscription_gets_all_matching_retained(broker, clients):
     # [MQTT-3.3.1-6] the last retained message on *each* matching topic
     pub = await connected(clients, broker.port, "pub")
-    retained = {"home/kitchen/temp": b"21", "home/hall/temp": b"19", "home/hall/light": b"on",
-                "home": b"root", "garden/temp": b"12"}
+    retained = {
+        "home/kitchen/temp": b"21",
+        "home/hall/temp": b"19",
+        "home/hall/light": b"on",
+        "home": b"root",
+        "garden/temp": b"12",
+    }
     for topic, payload in retained.items():
         await pub.publish(topic, payload, qos=1, retain=True)
     sub = await connected(clients, broker.port, "sub")
     await sub.subscribe("home/#", 1)
     messages = await sub.messages_for(0.5)
     assert sorted((m.topic, m.payload, m.retain) for m in messages) == sorted(
-        (t, p, True) for t, p in retained.items() if t.startswith("home"))
+        (t, p, True) for t, p in retained.items() if t.startswith("home")
+    )
     sub2 = await connected(clients, broker.port, "sub2")
     await sub2.subscribe("+/+/temp", 0)
     messages = await sub2.messages_for(0.5)
@@ -150,7 +161,8 @@ async def test_retained_delivered_at_min_of_retained_and_granted_qos(broker, cli
         await sub.subscribe("rq/+", sub_qos)
         messages = await sub.messages_for(0.4)
         assert sorted((m.topic, m.qos, m.retain) for m in messages) == [
-            (f"rq/{qos}", min(qos, sub_qos), True) for qos in (0, 1, 2)]
+            (f"rq/{qos}", min(qos, sub_qos), True) for qos in (0, 1, 2)
+        ]
 
 
 @pytest_twisted.ensureDeferred

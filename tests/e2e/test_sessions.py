@@ -3,6 +3,7 @@
 OASIS MQTT 3.1.1: 3.1.2.4 (Clean Session), 3.2.2.2 (Session Present), 4.4 (message delivery
 retry), 4.6 (message ordering).
 """
+
 import time
 
 import paho.mqtt.client as mqtt
@@ -10,6 +11,9 @@ import pytest
 import pytest_twisted
 
 from .mqttclient import (
+    PUBACK,
+    PUBCOMP,
+    PUBREC,
     ack_packet,
     connect_bytes,
     get,
@@ -19,9 +23,6 @@ from .mqttclient import (
     read_whole,
     sleep,
     subscribe_bytes,
-    PUBACK,
-    PUBCOMP,
-    PUBREC,
 )
 
 CONNACK_NEW = b"\x20\x02\x00\x00"  # session present 0, accepted
@@ -163,8 +164,15 @@ async def test_qos_1_and_2_messages_are_queued_while_away(broker, clients, proto
 
     publisher = clients(broker.port, client_id="publisher")
     await publisher.connect()
-    sent = [(b"one", 1), (b"zero-a", 0), (b"two", 2), (b"three", 1), (b"zero-b", 0),
-            (b"four", 2), (b"five", 1)]
+    sent = [
+        (b"one", 1),
+        (b"zero-a", 0),
+        (b"two", 2),
+        (b"three", 1),
+        (b"zero-b", 0),
+        (b"four", 2),
+        (b"five", 1),
+    ]
     for payload, qos in sent:
         await publisher.publish("mail/box", payload, qos=qos)
 
@@ -201,7 +209,11 @@ async def test_queued_messages_keep_publish_order_on_the_wire(broker, clients, r
     assert await read_whole(sock) == CONNACK_PRESENT
     got = [parse_publish(*await read_packet(sock)) for _ in range(4)]
     assert [(p.payload, p.qos, p.dup) for p in got] == [
-        (b"one", 1, False), (b"two", 2, False), (b"three", 1, False), (b"four", 2, False)]
+        (b"one", 1, False),
+        (b"two", 2, False),
+        (b"three", 1, False),
+        (b"four", 2, False),
+    ]
     assert await read_packet(sock, timeout=0.3) is None
 
 
@@ -229,8 +241,9 @@ async def test_offline_queue_is_bounded_by_max_queued_messages(start_broker, cli
 
 @pytest.mark.parametrize("qos, first_byte, dup_byte", [(1, 0x32, 0x3A), (2, 0x34, 0x3C)])
 @pytest_twisted.ensureDeferred
-async def test_unacknowledged_messages_are_resent_with_dup(broker, clients, raw, qos,
-                                                           first_byte, dup_byte):
+async def test_unacknowledged_messages_are_resent_with_dup(
+    broker, clients, raw, qos, first_byte, dup_byte
+):
     """On reconnect with clean session 0 the server resends unacknowledged PUBLISH packets with
     DUP 1 [MQTT-4.4.0-1], [MQTT-3.3.1-1], with their packet ids, in the original order
     [MQTT-4.6.0-1], [MQTT-4.6.0-5]."""
@@ -264,7 +277,8 @@ async def test_unacknowledged_messages_are_resent_with_dup(broker, clients, raw,
         assert byte == dup_byte
         again.append(parse_publish(byte, body))
     assert [(p.packet_id, p.payload, p.dup) for p in again] == [
-        (p.packet_id, p.payload, True) for p in first]
+        (p.packet_id, p.payload, True) for p in first
+    ]
 
     # Acknowledged now: a further reconnect resends nothing.
     for p in again:

@@ -1,4 +1,5 @@
 """The first thing a user does: subscribe with one client, publish with another."""
+
 import pytest_twisted
 
 
@@ -12,4 +13,8 @@ async def test_publish_reaches_subscriber(broker, clients):
     await pub.publish("greetings/world", b"hello", qos=1)
     message = await sub.message()
     assert (message.topic, message.payload, message.qos, message.retain) == (
-        "greetings/world", b"hello", 1, False)
+        "greetings/world",
+        b"hello",
+        1,
+        False,
+    )

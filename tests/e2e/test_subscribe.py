@@ -1,4 +1,5 @@
 """SUBSCRIBE / SUBACK / UNSUBSCRIBE / UNSUBACK and topic wildcards, as a client sees them."""
+
 import pytest_twisted
 
 from .mqttclient import raw_connect, raw_subscribe, read_packet, unsubscribe_packet
@@ -139,8 +140,14 @@ async def test_single_level_wildcard(broker, clients):
     await sub.subscribe("sport/+/player", 0)
     await sub.subscribe("+", 0)
     pub = await connected(clients, broker.port, "pub")
-    for topic in ("sport/tennis/player", "sport/player", "sport/tennis/x/player",
-                  "sport/tennis/player/x", "top", "/top"):
+    for topic in (
+        "sport/tennis/player",
+        "sport/player",
+        "sport/tennis/x/player",
+        "sport/tennis/player/x",
+        "top",
+        "/top",
+    ):
         await pub.publish(topic, b".", qos=1)
     assert await topics_received(sub) == ["sport/tennis/player", "top"]
 
@@ -151,11 +158,21 @@ async def test_multi_level_wildcard_includes_parent(broker, clients):
     sub = await connected(clients, broker.port, "sub")
     await sub.subscribe("sport/#", 0)
     pub = await connected(clients, broker.port, "pub")
-    for topic in ("sport", "sport/", "sport/tennis", "sport/tennis/player1/score", "sports",
-                  "other/sport"):
+    for topic in (
+        "sport",
+        "sport/",
+        "sport/tennis",
+        "sport/tennis/player1/score",
+        "sports",
+        "other/sport",
+    ):
         await pub.publish(topic, b".", qos=1)
     assert await topics_received(sub) == [
-        "sport", "sport/", "sport/tennis", "sport/tennis/player1/score"]
+        "sport",
+        "sport/",
+        "sport/tennis",
+        "sport/tennis/player1/score",
+    ]
 
 
 @pytest_twisted.ensureDeferred
@@ -188,8 +205,10 @@ async def test_client_cannot_publish_into_sys(broker, clients):
     await pub.publish("$SYS/x", b"fake", qos=1)  # returns once PUBACK arrived
     await pub.publish("$SYS/broker/uptime", b"fake", qos=2)  # PUBCOMP arrived
     await pub.publish("$SYS/y", b"fake", qos=0)
-    assert all(m.topic.startswith("$SYS/broker") and m.payload != b"fake"
-               for m in await sys_sub.messages_for(0.5))
+    assert all(
+        m.topic.startswith("$SYS/broker") and m.payload != b"fake"
+        for m in await sys_sub.messages_for(0.5)
+    )
     assert await topics_received(everything, 0.1) == []
 
 

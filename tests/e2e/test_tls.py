@@ -3,6 +3,7 @@
 
 Brokers start through ``tap.Options`` + ``makeService`` on port 0 (see ``transports.serve``).
 """
+
 from __future__ import annotations
 
 import ssl
@@ -18,8 +19,13 @@ from twisted.python import usage
 from mqtt_twisted.tap import Options
 
 from .mqttclient import connect_packet, get, no_reconnect
-from .transports import (TCP_ENDPOINT, certificates, client_context, serve,  # noqa: F401
-                         ssl_endpoint, tclients, tls_exchange)
+from .transports import (
+    TCP_ENDPOINT,
+    client_context,
+    serve,  # noqa: F401
+    ssl_endpoint,
+    tls_exchange,
+)
 
 TWISTD = Path(sys.executable).parent / "twistd"
 CONNACK_OK = b"\x20\x02\x00\x00"
@@ -82,8 +88,9 @@ async def test_server_certificate_fails_against_another_ca(serve, certificates):
 @pytest_twisted.ensureDeferred
 async def test_tls_1_1_client_is_refused_tls_1_2_accepted(serve, certificates):
     port = serve("--mqtt", ssl_endpoint(certificates)).mqtt[0]
-    old = client_context(certificates, minimum_version=ssl.TLSVersion.TLSv1,
-                         maximum_version=ssl.TLSVersion.TLSv1_1)
+    old = client_context(
+        certificates, minimum_version=ssl.TLSVersion.TLSv1, maximum_version=ssl.TLSVersion.TLSv1_1
+    )
     old.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer TLS 1.1 at all
     await refused_handshake(port, old, "ALERT_PROTOCOL_VERSION")
     tls12 = client_context(certificates, maximum_version=ssl.TLSVersion.TLSv1_2)
@@ -96,8 +103,13 @@ async def test_tls_1_1_client_is_refused_tls_1_2_accepted(serve, certificates):
 @pytest.fixture
 def require_cert(serve, certificates):
     """A broker whose TLS listener requires a client certificate from the test CA."""
-    return serve("--mqtt", ssl_endpoint(certificates), "--cafile", str(certificates.ca),
-                 "--require-certificate")
+    return serve(
+        "--mqtt",
+        ssl_endpoint(certificates),
+        "--cafile",
+        str(certificates.ca),
+        "--require-certificate",
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -114,8 +126,9 @@ async def test_required_certificate_good_client_accepted(require_cert, tclients,
 
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
 @pytest_twisted.ensureDeferred
-async def test_required_certificate_missing_refused_in_handshake(require_cert, certificates,
-                                                                  version):
+async def test_required_certificate_missing_refused_in_handshake(
+    require_cert, certificates, version
+):
     context = client_context(certificates, minimum_version=version, maximum_version=version)
     # TLS 1.2 has no "certificate required" alert: OpenSSL sends handshake_failure
     alert = "HANDSHAKE_FAILURE" if version == ssl.TLSVersion.TLSv1_2 else "CERTIFICATE_REQUIRED"
@@ -125,15 +138,15 @@ async def test_required_certificate_missing_refused_in_handshake(require_cert, c
 
 @pytest_twisted.ensureDeferred
 async def test_required_certificate_from_untrusted_ca_refused(require_cert, certificates):
-    context = client_context(certificates, certificates.untrusted_cert,
-                             certificates.untrusted_key)
+    context = client_context(certificates, certificates.untrusted_cert, certificates.untrusted_key)
     await refused_handshake(require_cert.mqtt[0], context, "ALERT_UNKNOWN_CA")
     assert require_cert.broker.sessions == {}
 
 
 @pytest_twisted.ensureDeferred
-async def test_paho_without_certificate_cannot_connect_when_required(require_cert, tclients,
-                                                                     certificates):
+async def test_paho_without_certificate_cannot_connect_when_required(
+    require_cert, tclients, certificates
+):
     client = tclients(require_cert.mqtt[0], client_id="no-cert", tls=trusting(certificates))
     no_reconnect(client)
     try:
@@ -157,24 +170,23 @@ def optional_cert(serve, certificates):
 
 @pytest_twisted.ensureDeferred
 async def test_optional_certificate_none_accepted(optional_cert, tclients, certificates):
-    client = tclients(optional_cert.mqtt[0], client_id="anonymous-tls",
-                      tls=trusting(certificates))
+    client = tclients(optional_cert.mqtt[0], client_id="anonymous-tls", tls=trusting(certificates))
     await client.connect()
     assert "anonymous-tls" in optional_cert.broker.sessions
 
 
 @pytest_twisted.ensureDeferred
 async def test_optional_certificate_good_one_accepted(optional_cert, tclients, certificates):
-    client = tclients(optional_cert.mqtt[0], client_id="good-tls",
-                      tls=with_client_cert(certificates))
+    client = tclients(
+        optional_cert.mqtt[0], client_id="good-tls", tls=with_client_cert(certificates)
+    )
     await client.connect()
     assert "good-tls" in optional_cert.broker.sessions
 
 
 @pytest_twisted.ensureDeferred
 async def test_optional_certificate_untrusted_one_refused(optional_cert, certificates):
-    context = client_context(certificates, certificates.untrusted_cert,
-                             certificates.untrusted_key)
+    context = client_context(certificates, certificates.untrusted_cert, certificates.untrusted_key)
     await refused_handshake(optional_cert.mqtt[0], context, "ALERT_UNKNOWN_CA")
     assert optional_cert.broker.sessions == {}
 
@@ -185,8 +197,15 @@ async def test_optional_certificate_untrusted_one_refused(optional_cert, certifi
 @pytest.fixture
 def identity(serve, certificates):
     """TLS listener (optional client certificate) with use_identity_as_username, plus TCP."""
-    return serve("--mqtt", ssl_endpoint(certificates), "--mqtt", TCP_ENDPOINT,
-                 "--cafile", str(certificates.ca), "--use-identity-as-username")
+    return serve(
+        "--mqtt",
+        ssl_endpoint(certificates),
+        "--mqtt",
+        TCP_ENDPOINT,
+        "--cafile",
+        str(certificates.ca),
+        "--use-identity-as-username",
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -198,10 +217,10 @@ async def test_identity_replaces_the_username_sent(identity, tclients, certifica
 
 
 @pytest_twisted.ensureDeferred
-async def test_identity_without_certificate_gets_not_authorized(identity, tclients,
-                                                                certificates):
-    got = await deferToThread(tls_exchange, identity.mqtt[0], client_context(certificates),
-                              connect_packet("nameless"))
+async def test_identity_without_certificate_gets_not_authorized(identity, tclients, certificates):
+    got = await deferToThread(
+        tls_exchange, identity.mqtt[0], client_context(certificates), connect_packet("nameless")
+    )
     assert got == CONNACK_NOT_AUTHORIZED
     client = tclients(identity.mqtt[0], client_id="nameless-paho", tls=trusting(certificates))
     client.client.username_pw_set("claimed-name")
@@ -229,8 +248,9 @@ def _directory_key(certs) -> str:
     return str(path)
 
 
-@pytest.mark.parametrize("case", ["missing", "unreadable", "mismatch", "missing-cafile",
-                                  "require-without-cafile"])
+@pytest.mark.parametrize(
+    "case", ["missing", "unreadable", "mismatch", "missing-cafile", "require-without-cafile"]
+)
 def test_bad_tls_options_are_usage_errors(certificates, tmp_path, case):
     certs = certificates
     if case == "missing":
@@ -260,15 +280,27 @@ def test_bad_tls_options_are_usage_errors(certificates, tmp_path, case):
 
 def test_bad_https_listener_is_a_usage_error(certificates):
     with pytest.raises(usage.UsageError, match=r"--http ssl:.*do not match"):
-        Options().parseOptions([
-            "--http", ssl_endpoint(certificates, 8443, key=certificates.wrong_key)])
+        Options().parseOptions(
+            ["--http", ssl_endpoint(certificates, 8443, key=certificates.wrong_key)]
+        )
 
 
 def test_twistd_with_missing_key_exits_with_one_error_line(tmp_path):
     result = subprocess.run(
-        [str(TWISTD), "-n", "--pidfile=", "mqtt", "--mqtt", "ssl:0:privateKey=missing.pem",
-         "--http", "none"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+        [
+            str(TWISTD),
+            "-n",
+            "--pidfile=",
+            "mqtt",
+            "--mqtt",
+            "ssl:0:privateKey=missing.pem",
+            "--http",
+            "none",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     output = result.stdout + result.stderr
     assert result.returncode != 0

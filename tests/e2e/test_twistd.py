@@ -1,4 +1,5 @@
 """The broker started exactly as a user starts it: the real `twistd` of this environment."""
+
 from __future__ import annotations
 
 import queue
@@ -63,26 +64,39 @@ def test_plugin_is_listed_by_twistd():
 
 
 def test_help_lists_every_option():
-    result = subprocess.run([str(TWISTD), "mqtt", "--help"], capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run(
+        [str(TWISTD), "mqtt", "--help"], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0
-    for option in ("--mqtt", "--max-keepalive", "--max-inflight-messages", "--max-queued-messages",
-                   "--max-packet-size", "--max-qos", "--retain-available",
-                   "--allow-zero-length-clientid", "--connect-timeout",
-                   "--persistent-client-expiration"):
+    for option in (
+        "--mqtt",
+        "--max-keepalive",
+        "--max-inflight-messages",
+        "--max-queued-messages",
+        "--max-packet-size",
+        "--max-qos",
+        "--retain-available",
+        "--allow-zero-length-clientid",
+        "--connect-timeout",
+        "--persistent-client-expiration",
+    ):
         assert option in result.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--max-qos", "3"], "3 is not between 0 and 2"),
-    (["--max-inflight-messages", "many"], "invalid literal"),
-    (["--retain-available", "maybe"], "expected yes or no"),
-    (["--persistent-client-expiration", "2x"], "is not a duration"),
-    (["--mqtt", "nonsense:1883"], "bad --mqtt endpoint"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--max-qos", "3"], "3 is not between 0 and 2"),
+        (["--max-inflight-messages", "many"], "invalid literal"),
+        (["--retain-available", "maybe"], "expected yes or no"),
+        (["--persistent-client-expiration", "2x"], "is not a duration"),
+        (["--mqtt", "nonsense:1883"], "bad --mqtt endpoint"),
+    ],
+)
 def test_bad_option_value_gives_one_line_error(args, message):
-    result = subprocess.run([str(TWISTD), "mqtt", *args], capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run(
+        [str(TWISTD), "mqtt", *args], capture_output=True, text=True, timeout=30
+    )
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert message in output
@@ -119,9 +133,19 @@ def test_listen_failure_is_one_clear_error(twistd):
     port = free_port()
     first = twistd("--mqtt", f"tcp:{port}:interface=127.0.0.1", "--http", "none")
     second = subprocess.run(
-        [str(TWISTD), "-n", "--pidfile=", "mqtt", "--mqtt", f"tcp:{port}:interface=127.0.0.1",
-         "--http", "none"],
-        capture_output=True, text=True, timeout=30,
+        [
+            str(TWISTD),
+            "-n",
+            "--pidfile=",
+            "mqtt",
+            "--mqtt",
+            f"tcp:{port}:interface=127.0.0.1",
+            "--http",
+            "none",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert second.returncode == 1
     assert f"cannot listen on tcp:{port}" in second.stdout

@@ -3,6 +3,7 @@ the broker sets towards a client that allows them.
 
 OASIS MQTT 5.0: 3.3.2.3.4 (Topic Alias), 3.1.2.11.5 / 3.2.2.3.8 (Topic Alias Maximum).
 """
+
 import paho.mqtt.client as mqtt
 import pytest_twisted
 
@@ -39,8 +40,14 @@ def alias(n: int):
     return paho_props("PUBLISH", TopicAlias=n)
 
 
-async def raw_subscriber(raw, port: int, client_id: str, topic_filter: str,
-                         alias_maximum: int | None, more: dict | None = None):
+async def raw_subscriber(
+    raw,
+    port: int,
+    client_id: str,
+    topic_filter: str,
+    alias_maximum: int | None,
+    more: dict | None = None,
+):
     """A raw v5 QoS 0 subscriber; ``alias_maximum`` goes into its CONNECT (None: absent),
     with the CONNECT properties ``more``."""
     properties = dict(more or {})
@@ -83,7 +90,10 @@ async def test_client_alias_resolves_for_subscribers(broker, clients):
     await pub.publish("", b"3", qos=0, properties=alias(1))
     got = [await sub.message() for _ in range(3)]
     assert [(m.topic, m.payload) for m in got] == [
-        ("al/kitchen", b"1"), ("al/kitchen", b"2"), ("al/kitchen", b"3")]
+        ("al/kitchen", b"1"),
+        ("al/kitchen", b"2"),
+        ("al/kitchen", b"3"),
+    ]
     assert not any(hasattr(m.properties, "TopicAlias") for m in got)
 
 
@@ -172,14 +182,24 @@ async def test_broker_sets_aliases_for_a_client_that_allows_them(broker, clients
     another alias, within 1..5 [MQTT-3.3.2-7]."""
     sock = await raw_subscriber(raw, broker.port, "aliased", "ba/#", alias_maximum=5)
     pub = await v5_client(clients, broker.port, "pub")
-    for topic, payload in [("ba/a", b"1"), ("ba/a", b"2"), ("ba/b", b"3"), ("ba/a", b"4"),
-                           ("ba/b", b"5")]:
+    for topic, payload in [
+        ("ba/a", b"1"),
+        ("ba/a", b"2"),
+        ("ba/b", b"3"),
+        ("ba/a", b"4"),
+        ("ba/b", b"5"),
+    ]:
         await pub.publish(topic, payload, qos=0)
     got = [await read_v5(sock) for _ in range(5)]
     a, b = got[0].properties[ALIAS], got[2].properties[ALIAS]
     assert a != b and {a, b} <= set(range(1, 6))
     assert [(p.topic, p.properties.get(ALIAS), p.payload) for p in got] == [
-        ("ba/a", a, b"1"), ("", a, b"2"), ("ba/b", b, b"3"), ("", a, b"4"), ("", b, b"5")]
+        ("ba/a", a, b"1"),
+        ("", a, b"2"),
+        ("ba/b", b, b"3"),
+        ("", a, b"4"),
+        ("", b, b"5"),
+    ]
 
 
 @pytest_twisted.ensureDeferred
@@ -192,7 +212,11 @@ async def test_broker_aliases_stay_within_the_client_maximum(broker, clients, ra
         await pub.publish(topic, b"x", qos=0)
     got = [await read_v5(sock) for _ in range(4)]
     assert [(p.topic, p.properties.get(ALIAS)) for p in got] == [
-        ("bm/a", 1), ("bm/b", None), ("bm/b", None), ("", 1)]
+        ("bm/a", 1),
+        ("bm/b", None),
+        ("bm/b", None),
+        ("", 1),
+    ]
 
 
 @pytest_twisted.ensureDeferred
@@ -225,8 +249,9 @@ async def test_alias_not_kept_for_a_dropped_oversized_message(broker, clients, r
     """A message too large for the client's Maximum Packet Size is not sent [MQTT-3.1.2-25],
     so the alias it would have set is not known to the client: the next message on that
     topic comes with the topic name."""
-    sock = await raw_subscriber(raw, broker.port, "tight", "bo/#", alias_maximum=5,
-                                more={Property.MAXIMUM_PACKET_SIZE: 100})
+    sock = await raw_subscriber(
+        raw, broker.port, "tight", "bo/#", alias_maximum=5, more={Property.MAXIMUM_PACKET_SIZE: 100}
+    )
     pub = await v5_client(clients, broker.port, "pub")
     await pub.publish("bo/a", b"x" * 200, qos=0)
     await pub.publish("bo/a", b"small", qos=0)
@@ -243,8 +268,9 @@ async def test_paho_receives_aliased_messages(broker, clients):
     paho-mqtt 2.2 does not resolve inbound aliases itself (it hands the empty topic name to
     on_message with the Topic Alias property), so the mapping is applied here as a client
     must [MQTT-3.3.2-12]; every message then has its right topic."""
-    sub = await v5_client(clients, broker.port, "paho-aliases",
-                          properties=paho_props("CONNECT", TopicAliasMaximum=5))
+    sub = await v5_client(
+        clients, broker.port, "paho-aliases", properties=paho_props("CONNECT", TopicAliasMaximum=5)
+    )
     await sub.subscribe("pa/#", qos=1)
     pub = await v5_client(clients, broker.port, "pub")
     sent = [("pa/a", b"1"), ("pa/b", b"2"), ("pa/a", b"3"), ("pa/b", b"4"), ("pa/a", b"5")]

@@ -2,6 +2,7 @@
 
 OASIS MQTT 5.0: 3.1.2.11 (CONNECT properties), 3.2.2.3 (CONNACK properties).
 """
+
 import paho.mqtt.client as mqtt
 import pytest
 import pytest_twisted
@@ -45,8 +46,11 @@ async def test_request_response_information_gets_response_information(start_brok
     PREFIX/CLIENT-ID (3.1.2.11.7, 3.2.2.3.15)."""
     running = start_broker(response_information="resp")
     _c, _flags, _rc, props = await v5_client(
-        clients, running.port, "asker",
-        properties=paho_props("CONNECT", RequestResponseInformation=1))
+        clients,
+        running.port,
+        "asker",
+        properties=paho_props("CONNECT", RequestResponseInformation=1),
+    )
     assert props.ResponseInformation == "resp/asker"
 
 
@@ -62,8 +66,11 @@ async def test_no_response_information_unless_requested(start_broker, clients):
 async def test_no_response_information_when_broker_has_none(broker, clients):
     """The broker offers none (no response_information option): none sent even when asked."""
     _c, _flags, _rc, props = await v5_client(
-        clients, broker.port, "asker",
-        properties=paho_props("CONNECT", RequestResponseInformation=1))
+        clients,
+        broker.port,
+        "asker",
+        properties=paho_props("CONNECT", RequestResponseInformation=1),
+    )
     assert not hasattr(props, "ResponseInformation")
 
 
@@ -84,7 +91,8 @@ async def test_authentication_method_is_refused(broker, clients):
     Method gets CONNACK 0x8C Bad authentication method (3.1.2.11.9, 4.12)."""
     client = clients(broker.port, client_id="kerberos", protocol=V5)
     _flags, rc, _props = await client.connect(
-        expect_success=False, properties=paho_props("CONNECT", AuthenticationMethod="GS2-KRB5"))
+        expect_success=False, properties=paho_props("CONNECT", AuthenticationMethod="GS2-KRB5")
+    )
     assert reason_int(rc) == ReasonCode.BAD_AUTHENTICATION_METHOD
     assert "kerberos" not in broker.broker.sessions
 
@@ -95,7 +103,8 @@ async def test_refused_connack_has_reason_string_when_problem_information_allowe
     allows problem information (the default)."""
     sock = raw(broker.port)
     connack = await refused_connack(
-        sock, "auth", properties={Property.AUTHENTICATION_METHOD: "SCRAM-SHA-1"})
+        sock, "auth", properties={Property.AUTHENTICATION_METHOD: "SCRAM-SHA-1"}
+    )
     assert connack.return_code == ReasonCode.BAD_AUTHENTICATION_METHOD
     assert connack.session_present is False  # [MQTT-3.2.2-6]
     assert "SCRAM-SHA-1" in connack.properties[Property.REASON_STRING]
@@ -108,8 +117,13 @@ async def test_refused_connack_has_no_reason_string_without_problem_information(
     (3.1.2.11.7, [MQTT-3.1.2-29]: the spec allows one on CONNACK; the broker sends none)."""
     sock = raw(broker.port)
     connack = await refused_connack(
-        sock, "auth", properties={Property.AUTHENTICATION_METHOD: "SCRAM-SHA-1",
-                                  Property.REQUEST_PROBLEM_INFORMATION: 0})
+        sock,
+        "auth",
+        properties={
+            Property.AUTHENTICATION_METHOD: "SCRAM-SHA-1",
+            Property.REQUEST_PROBLEM_INFORMATION: 0,
+        },
+    )
     assert connack.return_code == ReasonCode.BAD_AUTHENTICATION_METHOD
     assert Property.REASON_STRING not in connack.properties
 
@@ -208,12 +222,17 @@ async def test_connack_properties_with_defaults(broker, raw):
     assert props[Property.RECEIVE_MAXIMUM] == 20
     assert props[Property.MAXIMUM_PACKET_SIZE] == 2_000_000
     assert props[Property.TOPIC_ALIAS_MAXIMUM] == 10
-    for absent in (Property.MAXIMUM_QOS, Property.RETAIN_AVAILABLE,
-                   Property.WILDCARD_SUBSCRIPTION_AVAILABLE,
-                   Property.SUBSCRIPTION_IDENTIFIER_AVAILABLE,
-                   Property.SHARED_SUBSCRIPTION_AVAILABLE, Property.ASSIGNED_CLIENT_IDENTIFIER,
-                   Property.SERVER_KEEP_ALIVE, Property.RESPONSE_INFORMATION,
-                   Property.REASON_STRING):
+    for absent in (
+        Property.MAXIMUM_QOS,
+        Property.RETAIN_AVAILABLE,
+        Property.WILDCARD_SUBSCRIPTION_AVAILABLE,
+        Property.SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+        Property.SHARED_SUBSCRIPTION_AVAILABLE,
+        Property.ASSIGNED_CLIENT_IDENTIFIER,
+        Property.SERVER_KEEP_ALIVE,
+        Property.RESPONSE_INFORMATION,
+        Property.REASON_STRING,
+    ):
         assert absent not in props, absent
 
 
@@ -221,8 +240,13 @@ async def test_connack_properties_with_defaults(broker, raw):
 async def test_connack_properties_follow_the_configuration(start_broker, clients):
     """Receive Maximum, Maximum QoS, Retain Available, Maximum Packet Size and Topic Alias
     Maximum follow the broker's options (3.2.2.3.3 to 3.2.2.3.8), seen by paho."""
-    running = start_broker(max_inflight_messages=7, max_qos=1, retain_available=False,
-                           max_packet_size=4096, max_topic_alias=3)
+    running = start_broker(
+        max_inflight_messages=7,
+        max_qos=1,
+        retain_available=False,
+        max_packet_size=4096,
+        max_topic_alias=3,
+    )
     _c, _flags, _rc, props = await v5_client(clients, running.port, "configured")
     assert props.ReceiveMaximum == 7
     assert props.MaximumQoS == 1  # [MQTT-3.2.2-9]
@@ -293,13 +317,21 @@ async def test_unsupported_protocol_version_connack(broker, raw):
     assert await sock.closed()
 
 
-@pytest.mark.parametrize("properties", [
-    {Property.RECEIVE_MAXIMUM: 0},
-    {Property.MAXIMUM_PACKET_SIZE: 0},
-    {Property.REQUEST_PROBLEM_INFORMATION: 2},
-    {Property.REQUEST_RESPONSE_INFORMATION: 2},
-], ids=["receive-maximum-0", "maximum-packet-size-0", "problem-information-2",
-        "response-information-2"])
+@pytest.mark.parametrize(
+    "properties",
+    [
+        {Property.RECEIVE_MAXIMUM: 0},
+        {Property.MAXIMUM_PACKET_SIZE: 0},
+        {Property.REQUEST_PROBLEM_INFORMATION: 2},
+        {Property.REQUEST_RESPONSE_INFORMATION: 2},
+    ],
+    ids=[
+        "receive-maximum-0",
+        "maximum-packet-size-0",
+        "problem-information-2",
+        "response-information-2",
+    ],
+)
 @pytest_twisted.ensureDeferred
 async def test_invalid_connect_property_value_closes(broker, raw, properties):
     """A CONNECT property with a value the spec calls a Protocol Error (3.1.2.11.3,

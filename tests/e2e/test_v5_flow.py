@@ -3,6 +3,7 @@
 OASIS MQTT 5.0: 3.3.4 (Receive Maximum, flow control 4.9), 3.1.2.11.4 (Maximum Packet Size),
 3.14.2.1 (DISCONNECT reason codes), 4.13 (handling errors).
 """
+
 import paho.mqtt.client as mqtt
 import pytest
 import pytest_twisted
@@ -40,8 +41,9 @@ async def v5_client(clients, port: int, client_id: str, **connect):
     return client
 
 
-async def raw_subscriber(raw, port: int, client_id: str, topic_filter: str, qos: int = 1,
-                         **connect):
+async def raw_subscriber(
+    raw, port: int, client_id: str, topic_filter: str, qos: int = 1, **connect
+):
     """A raw v5 client subscribed to ``topic_filter``."""
     sock = raw(port)
     await raw_v5_connect(sock, client_id, **connect)
@@ -73,8 +75,9 @@ async def paho_disconnect_reason(client) -> int:
 async def test_receive_maximum_limits_unacknowledged_publishes(broker, clients, raw):
     """Client Receive Maximum 2: never more than 2 unacknowledged QoS 1 PUBLISH to it
     [MQTT-3.3.4-9]; each PUBACK lets exactly one more through, in order."""
-    sock = await raw_subscriber(raw, broker.port, "narrow", "rm/#",
-                                properties={Property.RECEIVE_MAXIMUM: 2})
+    sock = await raw_subscriber(
+        raw, broker.port, "narrow", "rm/#", properties={Property.RECEIVE_MAXIMUM: 2}
+    )
     pub = await v5_client(clients, broker.port, "pub")
     for n in range(5):
         await pub.publish("rm/x", f"m{n}".encode(), qos=1)
@@ -97,8 +100,9 @@ async def test_receive_maximum_limits_unacknowledged_publishes(broker, clients, 
 @pytest_twisted.ensureDeferred
 async def test_receive_maximum_qos0_not_limited(broker, clients, raw):
     """QoS 0 messages are not counted by Receive Maximum (4.9): all 5 arrive."""
-    sock = await raw_subscriber(raw, broker.port, "narrow0", "rm0/#", qos=0,
-                                properties={Property.RECEIVE_MAXIMUM: 1})
+    sock = await raw_subscriber(
+        raw, broker.port, "narrow0", "rm0/#", qos=0, properties={Property.RECEIVE_MAXIMUM: 1}
+    )
     pub = await v5_client(clients, broker.port, "pub")
     for n in range(5):
         await pub.publish("rm0/x", f"m{n}".encode(), qos=0)
@@ -117,8 +121,10 @@ async def test_broker_receive_maximum_exceeded(start_broker, raw):
     for packet_id in (1, 2, 3):
         sock.send(v5_bytes(Publish("q2/x", b"x", qos=2, packet_id=packet_id)))
     pubrecs = [await read_v5(sock) for _ in range(2)]
-    assert [(p.type, p.packet_id) for p in pubrecs] == [(PacketType.PUBREC, 1),
-                                                        (PacketType.PUBREC, 2)]
+    assert [(p.type, p.packet_id) for p in pubrecs] == [
+        (PacketType.PUBREC, 1),
+        (PacketType.PUBREC, 2),
+    ]
     disconnect = await server_disconnect(sock)
     assert disconnect.reason_code == ReasonCode.RECEIVE_MAXIMUM_EXCEEDED
 
@@ -130,8 +136,9 @@ async def test_broker_receive_maximum_exceeded(start_broker, raw):
 async def test_client_maximum_packet_size(broker, clients):
     """Client Maximum Packet Size 100: a PUBLISH larger than that is not sent to it but
     dropped (and counted) [MQTT-3.1.2-25]; a small one arrives; the connection stays."""
-    small_reader = await v5_client(clients, broker.port, "small",
-                                   properties=paho_props("CONNECT", MaximumPacketSize=100))
+    small_reader = await v5_client(
+        clients, broker.port, "small", properties=paho_props("CONNECT", MaximumPacketSize=100)
+    )
     await small_reader.subscribe("mps/#", qos=1)
     pub = await v5_client(clients, broker.port, "pub")
     dropped = broker.broker.stats.publish_dropped
@@ -146,8 +153,9 @@ async def test_client_maximum_packet_size(broker, clients):
 @pytest_twisted.ensureDeferred
 async def test_client_maximum_packet_size_qos0(broker, clients, raw):
     """The same for QoS 0: the big message is dropped, the next small one arrives."""
-    sock = await raw_subscriber(raw, broker.port, "small0", "mps0/#", qos=0,
-                                properties={Property.MAXIMUM_PACKET_SIZE: 100})
+    sock = await raw_subscriber(
+        raw, broker.port, "small0", "mps0/#", qos=0, properties={Property.MAXIMUM_PACKET_SIZE: 100}
+    )
     pub = await v5_client(clients, broker.port, "pub")
     await pub.publish("mps0/big", b"x" * 500, qos=0)
     await pub.publish("mps0/small", b"tiny", qos=0)
@@ -192,11 +200,15 @@ async def test_keep_alive_timeout(broker, raw):
     assert disconnect.reason_code == ReasonCode.KEEP_ALIVE_TIMEOUT
 
 
-@pytest.mark.parametrize("data", [
-    b"\x30\x05\x00\x10ab\x00",  # topic length beyond the packet
-    b"\x80\x06\x00\x01\x00\x00\x01\x00",  # SUBSCRIBE with reserved flags 0000 [MQTT-3.8.1-1]
-    b"\x30\x07\x00\x01a\x03\x7f\x00\x00",  # PUBLISH with an unknown property id (2.2.2.2)
-], ids=["topic-length", "subscribe-flags", "unknown-property"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x30\x05\x00\x10ab\x00",  # topic length beyond the packet
+        b"\x80\x06\x00\x01\x00\x00\x01\x00",  # SUBSCRIBE with reserved flags 0000 [MQTT-3.8.1-1]
+        b"\x30\x07\x00\x01a\x03\x7f\x00\x00",  # PUBLISH with an unknown property id (2.2.2.2)
+    ],
+    ids=["topic-length", "subscribe-flags", "unknown-property"],
+)
 @pytest_twisted.ensureDeferred
 async def test_malformed_packet(broker, raw, data):
     """A malformed packet: DISCONNECT 0x81 Malformed Packet, then close (4.13.1)."""
@@ -226,8 +238,9 @@ async def test_auth_without_method_is_a_protocol_error(broker, raw):
     [MQTT-4.12.0-1] (4.12)."""
     sock = raw(broker.port)
     await raw_v5_connect(sock, "authless")
-    sock.send(v5_bytes(Auth(ReasonCode.CONTINUE_AUTHENTICATION,
-                            {Property.AUTHENTICATION_METHOD: "x"})))
+    sock.send(
+        v5_bytes(Auth(ReasonCode.CONTINUE_AUTHENTICATION, {Property.AUTHENTICATION_METHOD: "x"}))
+    )
     disconnect = await server_disconnect(sock)
     assert disconnect.reason_code == ReasonCode.PROTOCOL_ERROR
 
@@ -270,8 +283,9 @@ async def test_payload_format_invalid_qos0_disconnects(broker, clients):
     carry a reason, so DISCONNECT 0x99 Payload format invalid (3.3.2.3.2, 4.13)."""
     client = await v5_client(clients, broker.port, "badutf")
     no_reconnect(client)
-    client.client.publish("pf/x", b"\xff\xfe", qos=0,
-                          properties=paho_props("PUBLISH", PayloadFormatIndicator=1))
+    client.client.publish(
+        "pf/x", b"\xff\xfe", qos=0, properties=paho_props("PUBLISH", PayloadFormatIndicator=1)
+    )
     assert await paho_disconnect_reason(client) == ReasonCode.PAYLOAD_FORMAT_INVALID
 
 
@@ -281,12 +295,21 @@ async def test_payload_format_invalid_qos1_gets_puback_0x99(broker, clients):
     watch = await v5_client(clients, broker.port, "watch")
     await watch.subscribe("pf/#", qos=1)
     client = await v5_client(clients, broker.port, "badutf1")
-    rc = await publish_reason(client, "pf/x", b"\xff\xfe", qos=1,
-                              properties=paho_props("PUBLISH", PayloadFormatIndicator=1))
+    rc = await publish_reason(
+        client,
+        "pf/x",
+        b"\xff\xfe",
+        qos=1,
+        properties=paho_props("PUBLISH", PayloadFormatIndicator=1),
+    )
     assert rc == ReasonCode.PAYLOAD_FORMAT_INVALID
     assert client.disconnects.empty()
-    assert await publish_reason(client, "pf/x", "ok", qos=1,
-                                properties=paho_props("PUBLISH", PayloadFormatIndicator=1)) == 0
+    assert (
+        await publish_reason(
+            client, "pf/x", "ok", qos=1, properties=paho_props("PUBLISH", PayloadFormatIndicator=1)
+        )
+        == 0
+    )
     message = await watch.message()
     assert message.payload == b"ok"
 

@@ -4,6 +4,7 @@ topic, payload, QoS and retain flag, and without the 5.0-only fields for older c
 MQTT 5.0 leaves translation to older clients to the implementation; like Mosquitto 2.x the
 broker drops the properties (3.1.1 has no place for them) and adds none for 5.0 subscribers
 beyond what the 5.0 rules require (a Subscription Identifier [MQTT-3.3.4-3])."""
+
 import paho.mqtt.client as mqtt
 import pytest
 import pytest_twisted
@@ -58,8 +59,9 @@ async def raw_old_subscriber(raw, port, client_id, topic_filter, level=4, qos=1)
 
 @pytest_twisted.ensureDeferred
 @pytest.mark.parametrize("level", [4, 3], ids=["v311", "v31"])
-async def test_v5_message_reaches_old_raw_subscriber_without_properties(broker, raw, clients,
-                                                                        level):
+async def test_v5_message_reaches_old_raw_subscriber_without_properties(
+    broker, raw, clients, level
+):
     # the PUBLISH a 3.1.1 / 3.1 subscriber gets is a plain 3.x PUBLISH (3.1.1 section 3.3:
     # topic, packet id, payload; no properties section), same topic, payload and QoS
     sub = await raw_old_subscriber(raw, broker.port, "old", "mixed/t", level)
@@ -67,8 +69,7 @@ async def test_v5_message_reaches_old_raw_subscriber_without_properties(broker, 
     await pub.publish("mixed/t", "héllo".encode(), qos=1, properties=rich_properties())
     data = await read_whole(sub)
     publish = parse_publish(data[0], data[2:])
-    assert data == publish_packet("mixed/t", "héllo".encode(), qos=1,
-                                  packet_id=publish.packet_id)
+    assert data == publish_packet("mixed/t", "héllo".encode(), qos=1, packet_id=publish.packet_id)
     await pub.publish("mixed/t", b"zero", qos=0, properties=rich_properties())
     assert await read_whole(sub) == publish_packet("mixed/t", b"zero", qos=0)
 
@@ -84,13 +85,18 @@ async def test_v5_message_reaches_old_paho_subscriber_intact(broker, clients, pr
         await pub.publish("mixed/a", f"q{qos}".encode(), qos=qos, properties=rich_properties())
         message = await sub.message()
         assert (message.topic, message.payload, message.qos, message.retain) == (
-            "mixed/a", f"q{qos}".encode(), qos, False)
+            "mixed/a",
+            f"q{qos}".encode(),
+            qos,
+            False,
+        )
 
 
 @pytest_twisted.ensureDeferred
 @pytest.mark.parametrize("subscription_id", [None, 7])
-async def test_v311_message_reaches_v5_subscriber_without_added_properties(broker, raw, clients,
-                                                                           subscription_id):
+async def test_v311_message_reaches_v5_subscriber_without_added_properties(
+    broker, raw, clients, subscription_id
+):
     # a 3.1.1 message has no properties; a 5.0 subscriber gets none added except the
     # Subscription Identifier of its subscription [MQTT-3.3.4-3]
     sub = raw(broker.port)
@@ -103,7 +109,11 @@ async def test_v311_message_reaches_v5_subscriber_without_added_properties(broke
     publish = await read_v5(sub)
     assert isinstance(publish, Publish)
     assert (publish.topic, publish.payload, publish.qos, publish.retain) == (
-        "old/t", b"from 3.1.1", 1, False)
+        "old/t",
+        b"from 3.1.1",
+        1,
+        False,
+    )
     expected = {Property.SUBSCRIPTION_IDENTIFIER: [subscription_id]} if subscription_id else {}
     assert publish.properties == expected
 
@@ -129,8 +139,9 @@ async def test_retained_v5_message_reaches_v311_subscriber(broker, raw, clients)
     sub = await raw_old_subscriber(raw, broker.port, "old", "ret5/#")
     data = await read_whole(sub)
     publish = parse_publish(data[0], data[2:])
-    assert data == publish_packet("ret5/t", b"kept", qos=1, packet_id=publish.packet_id,
-                                  retain=True)
+    assert data == publish_packet(
+        "ret5/t", b"kept", qos=1, packet_id=publish.packet_id, retain=True
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -144,7 +155,12 @@ async def test_retained_v311_message_reaches_v5_subscriber(broker, raw, clients)
     assert (await read_v5(sub)).reason_codes == [1]
     publish = await read_v5(sub)
     assert (publish.topic, publish.payload, publish.qos, publish.retain, publish.properties) == (
-        "ret4/t", b"kept", 1, True, {})
+        "ret4/t",
+        b"kept",
+        1,
+        True,
+        {},
+    )
     paho_sub = await paho(clients, broker.port, "paho5", mqtt.MQTTv5)
     await paho_sub.subscribe("ret4/t", 2)
     message = await paho_sub.message()
@@ -157,11 +173,17 @@ async def test_will_of_v5_client_reaches_v311_subscriber(broker, raw):
     # a 3.1.1 subscriber gets it as a plain 3.1.1 PUBLISH (will properties dropped)
     sub = await raw_old_subscriber(raw, broker.port, "old", "wills/#")
     dying = raw(broker.port)
-    will = Will("wills/dev5", b"gone", 1, False, {
-        Property.CONTENT_TYPE: "text/plain",
-        Property.USER_PROPERTY: [("why", "socket closed")],
-        Property.MESSAGE_EXPIRY_INTERVAL: 60,
-    })
+    will = Will(
+        "wills/dev5",
+        b"gone",
+        1,
+        False,
+        {
+            Property.CONTENT_TYPE: "text/plain",
+            Property.USER_PROPERTY: [("why", "socket closed")],
+            Property.MESSAGE_EXPIRY_INTERVAL: 60,
+        },
+    )
     await raw_v5_connect(dying, "dev5", will=will)
     dying.close()
     data = await read_whole(sub)
@@ -171,8 +193,10 @@ async def test_will_of_v5_client_reaches_v311_subscriber(broker, raw):
 
 @pytest_twisted.ensureDeferred
 async def test_will_of_v5_paho_client_reaches_v311_and_v31_subscribers(broker, clients):
-    subs = [await paho(clients, broker.port, "s311", mqtt.MQTTv311),
-            await paho(clients, broker.port, "s31", mqtt.MQTTv31)]
+    subs = [
+        await paho(clients, broker.port, "s311", mqtt.MQTTv311),
+        await paho(clients, broker.port, "s31", mqtt.MQTTv31),
+    ]
     for sub in subs:
         await sub.subscribe("pwills/#", 2)
     props = Properties(PacketTypes.WILLMESSAGE)
@@ -184,5 +208,8 @@ async def test_will_of_v5_paho_client_reaches_v311_and_v31_subscribers(broker, c
     for sub in subs:
         message = await sub.message()
         assert (message.topic, message.payload, message.qos, message.retain) == (
-            "pwills/dying", b"bye", 2, False)
-
+            "pwills/dying",
+            b"bye",
+            2,
+            False,
+        )

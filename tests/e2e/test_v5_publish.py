@@ -1,6 +1,7 @@
 """MQTT 5.0 PUBLISH end to end: forwarded properties, expiry, subscription identifiers, and the
 reason codes of PUBACK / PUBREC / PUBCOMP, SUBACK and UNSUBACK, with paho (MQTTv5) and raw
 MQTT 5.0 sockets over loopback. References are to OASIS MQTT 5.0."""
+
 import paho.mqtt.client as mqtt
 import pytest
 import pytest_twisted
@@ -12,9 +13,9 @@ from mqtt_twisted.packets import (
     Property,
     PubAck,
     PubComp,
+    Publish,
     PubRec,
     PubRel,
-    Publish,
     Subscribe,
     SubscriptionRequest,
 )
@@ -76,8 +77,12 @@ async def test_payload_format_indicator_forwarded_unchanged(broker, clients, ind
     sub = await v5_client(clients, broker.port, "sub")
     await sub.subscribe("pfi/t", 1)
     pub = await v5_client(clients, broker.port, "pub")
-    await pub.publish("pfi/t", "grüße".encode(), qos=1,
-                      properties=publish_properties(PayloadFormatIndicator=indicator))
+    await pub.publish(
+        "pfi/t",
+        "grüße".encode(),
+        qos=1,
+        properties=publish_properties(PayloadFormatIndicator=indicator),
+    )
     message = await sub.message()
     assert message.payload == "grüße".encode()
     assert message.properties.PayloadFormatIndicator == indicator
@@ -90,13 +95,22 @@ async def test_payload_format_invalid_utf8_is_refused_with_puback_0x99(broker, c
     sub = await v5_client(clients, broker.port, "sub")
     await sub.subscribe("pfi/bad", 1)
     pub = await v5_client(clients, broker.port, "pub")
-    reason = await publish_reason(pub, "pfi/bad", b"\xff\xfe not utf-8", qos=1,
-                                  properties=publish_properties(PayloadFormatIndicator=1))
+    reason = await publish_reason(
+        pub,
+        "pfi/bad",
+        b"\xff\xfe not utf-8",
+        qos=1,
+        properties=publish_properties(PayloadFormatIndicator=1),
+    )
     assert reason == 0x99
     assert await nothing_in(sub.messages, 0.5)
     # the connection is still fine: a valid one goes through
-    assert await publish_reason(pub, "pfi/bad", b"ok", qos=1,
-                                properties=publish_properties(PayloadFormatIndicator=1)) == 0
+    assert (
+        await publish_reason(
+            pub, "pfi/bad", b"ok", qos=1, properties=publish_properties(PayloadFormatIndicator=1)
+        )
+        == 0
+    )
     assert (await sub.message()).payload == b"ok"
 
 
@@ -110,9 +124,17 @@ async def test_request_response_properties_and_user_properties_forwarded(broker,
     pub = await v5_client(clients, broker.port, "pub")
     user = [("z", "1"), ("a", "2"), ("z", "3"), ("ключ", "значение")]
     for qos in (0, 1, 2):
-        await pub.publish("rr/t", b"req", qos=qos, properties=publish_properties(
-            ContentType="application/json; charset=utf-8", ResponseTopic="rr/reply/42",
-            CorrelationData=b"\x00\x01corr\xff", UserProperty=user))
+        await pub.publish(
+            "rr/t",
+            b"req",
+            qos=qos,
+            properties=publish_properties(
+                ContentType="application/json; charset=utf-8",
+                ResponseTopic="rr/reply/42",
+                CorrelationData=b"\x00\x01corr\xff",
+                UserProperty=user,
+            ),
+        )
         message = await sub.message()
         props = message.properties
         assert (message.payload, message.qos) == (b"req", qos)
@@ -128,21 +150,23 @@ async def test_expired_message_is_not_delivered_to_returning_subscriber(broker, 
     # [MQTT-3.3.2-5] once the Message Expiry Interval has passed and the message has not yet
     # been delivered to a subscriber, the Server MUST delete its copy for that subscriber;
     # [MQTT-3.3.2-6] the one delivered later carries the remaining lifetime (lower than sent)
-    sub = await v5_client(clients, broker.port, "offline", clean_start=True,
-                          properties=session_properties(300))
+    sub = await v5_client(
+        clients, broker.port, "offline", clean_start=True, properties=session_properties(300)
+    )
     await sub.subscribe("exp/t", 1)
     sub.disconnect()
     await sleep(0.3)
     pub = await v5_client(clients, broker.port, "pub")
-    await pub.publish("exp/t", b"short", qos=1,
-                      properties=publish_properties(MessageExpiryInterval=1))
-    await pub.publish("exp/t", b"long", qos=1,
-                      properties=publish_properties(MessageExpiryInterval=60))
+    await pub.publish(
+        "exp/t", b"short", qos=1, properties=publish_properties(MessageExpiryInterval=1)
+    )
+    await pub.publish(
+        "exp/t", b"long", qos=1, properties=publish_properties(MessageExpiryInterval=60)
+    )
     await pub.publish("exp/t", b"forever", qos=1)
     await sleep(1.6)
     back = clients(broker.port, client_id="offline", protocol=V5)
-    flags, _rc, _props = await back.connect(clean_start=False,
-                                            properties=session_properties(300))
+    flags, _rc, _props = await back.connect(clean_start=False, properties=session_properties(300))
     assert flags.session_present
     messages = await back.messages_for(0.7)
     assert [m.payload for m in messages] == [b"long", b"forever"]
@@ -167,10 +191,20 @@ async def test_expired_retained_message_is_not_sent_to_new_subscriber(broker, cl
     # [MQTT-3.3.2-5] a retained message past its expiry is no longer delivered; one still
     # alive is delivered with its remaining lifetime [MQTT-3.3.2-6]
     pub = await v5_client(clients, broker.port, "pub")
-    await pub.publish("ret/short", b"gone", qos=1, retain=True,
-                      properties=publish_properties(MessageExpiryInterval=1))
-    await pub.publish("ret/long", b"kept", qos=1, retain=True,
-                      properties=publish_properties(MessageExpiryInterval=100))
+    await pub.publish(
+        "ret/short",
+        b"gone",
+        qos=1,
+        retain=True,
+        properties=publish_properties(MessageExpiryInterval=1),
+    )
+    await pub.publish(
+        "ret/long",
+        b"kept",
+        qos=1,
+        retain=True,
+        properties=publish_properties(MessageExpiryInterval=100),
+    )
     await sleep(1.6)
     sub = await v5_client(clients, broker.port, "sub")
     await sub.subscribe("ret/+", 1)
@@ -296,8 +330,17 @@ async def test_suback_reason_codes(start_broker, raw):
     broker = start_broker(max_qos=1)
     client = raw(broker.port)
     await raw_v5_connect(client, "raw5")
-    client.send(v5_bytes(Subscribe(9, [SubscriptionRequest(f, q) for f, q in (
-        ("s/0", 0), ("s/1", 1), ("s/2", 2), ("a/#/b", 1), ("s/+", 2))])))
+    client.send(
+        v5_bytes(
+            Subscribe(
+                9,
+                [
+                    SubscriptionRequest(f, q)
+                    for f, q in (("s/0", 0), ("s/1", 1), ("s/2", 2), ("a/#/b", 1), ("s/+", 2))
+                ],
+            )
+        )
+    )
     suback = await read_v5(client)
     assert (suback.packet_id, suback.reason_codes) == (9, [0, 1, 1, 0x8F, 1])
 
@@ -326,8 +369,9 @@ async def test_raw_suback_and_puback_bytes(broker, raw):
     # with its reason code (section 3.4.2: omitted when 0x00 and there are no properties)
     client = raw(broker.port)
     await raw_v5_connect(client, "raw5")
-    client.send(v5_bytes(Subscribe(3, [SubscriptionRequest("w/+", 2),
-                                       SubscriptionRequest("w/#/x", 0)])))
+    client.send(
+        v5_bytes(Subscribe(3, [SubscriptionRequest("w/+", 2), SubscriptionRequest("w/#/x", 0)]))
+    )
     suback = await read_v5(client)
     assert (suback.packet_id, suback.reason_codes) == (3, [2, 0x8F])
     client.send(v5_bytes(Publish("nobody/here", b"x", qos=1, packet_id=4)))
@@ -358,4 +402,5 @@ async def test_qos2_payload_format_invalid_pubrec_0x99_frees_packet_id(broker, r
     assert await read_v5(client) == PubComp(8, 0x00)
     messages = await sub.messages_for(0.5)
     assert [(m.payload, m.properties.PayloadFormatIndicator) for m in messages] == [
-        ("é".encode(), 1)]
+        ("é".encode(), 1)
+    ]

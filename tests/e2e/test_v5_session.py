@@ -4,6 +4,7 @@ Will Delay Interval, will properties, DISCONNECT with Will Message.
 OASIS MQTT 5.0: 3.1.2.11.2 (Session Expiry Interval), 3.1.3.2 (Will Properties),
 3.14.2.2.2 (DISCONNECT Session Expiry Interval), 4.1 (Session State).
 """
+
 import paho.mqtt.client as mqtt
 import pytest_twisted
 from paho.mqtt.packettypes import PacketTypes
@@ -33,14 +34,22 @@ def session_props(expiry: int | None = None, **more):
     return paho_props("CONNECT", **values)
 
 
-async def v5(clients, port: int, client_id: str, clean_start: bool = True,
-             expiry: int | None = None, will=None, **more):
+async def v5(
+    clients,
+    port: int,
+    client_id: str,
+    clean_start: bool = True,
+    expiry: int | None = None,
+    will=None,
+    **more,
+):
     """A connected paho MQTT 5 client; returns (client, session present)."""
     client = clients(port, client_id=client_id, protocol=V5)
     if will is not None:
         client.client.will_set(*will[:4], properties=will[4] if len(will) > 4 else None)
-    flags, _rc, _props = await client.connect(clean_start=clean_start,
-                                              properties=session_props(expiry, **more))
+    flags, _rc, _props = await client.connect(
+        clean_start=clean_start, properties=session_props(expiry, **more)
+    )
     return client, flags.session_present
 
 
@@ -108,7 +117,10 @@ async def test_session_with_expiry_is_resumed_with_queued_messages(broker, clien
     assert present is True
     got = [await again.message() for _ in range(3)]
     assert [(m.topic, m.payload, m.qos) for m in got] == [
-        ("s/keeper", b"m0", 1), ("s/keeper", b"m1", 1), ("s/keeper", b"m2", 1)]
+        ("s/keeper", b"m0", 1),
+        ("s/keeper", b"m1", 1),
+        ("s/keeper", b"m2", 1),
+    ]
 
 
 @pytest_twisted.ensureDeferred
@@ -211,8 +223,13 @@ async def test_will_delay_publishes_after_the_delay(broker, clients):
     """Will Delay Interval 1: the will is published 1 s after the connection closed, not at
     once (3.1.3.2.2)."""
     watch = await watcher(clients, broker.port)
-    victim, _ = await v5(clients, broker.port, "delayed", expiry=60,
-                         will=("w/delayed", b"gone", 1, False, will_props(WillDelayInterval=1)))
+    victim, _ = await v5(
+        clients,
+        broker.port,
+        "delayed",
+        expiry=60,
+        will=("w/delayed", b"gone", 1, False, will_props(WillDelayInterval=1)),
+    )
     victim.drop()
     assert await nothing_in(watch.messages, 0.6)
     message = await watch.message(timeout=2.0)
@@ -224,8 +241,13 @@ async def test_reconnect_within_will_delay_cancels_the_will(broker, clients):
     """A new connection to the session before the Will Delay Interval passed: the will is
     not published [MQTT-3.1.3-9]."""
     watch = await watcher(clients, broker.port)
-    victim, _ = await v5(clients, broker.port, "flaky", expiry=60,
-                         will=("w/flaky", b"gone", 1, False, will_props(WillDelayInterval=1)))
+    victim, _ = await v5(
+        clients,
+        broker.port,
+        "flaky",
+        expiry=60,
+        will=("w/flaky", b"gone", 1, False, will_props(WillDelayInterval=1)),
+    )
     victim.drop()
     await offline(broker, "flaky")
     _again, present = await v5(clients, broker.port, "flaky", clean_start=False, expiry=60)
@@ -239,8 +261,13 @@ async def test_reconnect_with_clean_start_publishes_the_delayed_will(broker, cli
     end publishes the will (3.1.3.2.2: delay passed or session ended, whichever first);
     Mosquitto 2.x does the same."""
     watch = await watcher(clients, broker.port)
-    victim, _ = await v5(clients, broker.port, "restart", expiry=60,
-                         will=("w/restart", b"gone", 1, False, will_props(WillDelayInterval=30)))
+    victim, _ = await v5(
+        clients,
+        broker.port,
+        "restart",
+        expiry=60,
+        will=("w/restart", b"gone", 1, False, will_props(WillDelayInterval=30)),
+    )
     victim.drop()
     await offline(broker, "restart")
     assert await nothing_in(watch.messages, 0.2)
@@ -254,8 +281,13 @@ async def test_session_end_before_will_delay_publishes_the_will(broker, clients)
     """Session Expiry Interval 1, Will Delay Interval 30: the will is published when the
     session ends, after about 1 s (3.1.3.2.2, [MQTT-3.1.2-8])."""
     watch = await watcher(clients, broker.port)
-    victim, _ = await v5(clients, broker.port, "short", expiry=1,
-                         will=("w/short", b"gone", 1, False, will_props(WillDelayInterval=30)))
+    victim, _ = await v5(
+        clients,
+        broker.port,
+        "short",
+        expiry=1,
+        will=("w/short", b"gone", 1, False, will_props(WillDelayInterval=30)),
+    )
     victim.drop()
     assert await nothing_in(watch.messages, 0.5)
     message = await watch.message(timeout=2.0)
@@ -267,8 +299,12 @@ async def test_will_delay_with_session_expiry_0_publishes_at_once(broker, client
     """Session Expiry Interval 0: the session ends with the connection, so a delayed will
     goes out at once."""
     watch = await watcher(clients, broker.port)
-    victim, _ = await v5(clients, broker.port, "nosession",
-                         will=("w/nosession", b"gone", 1, False, will_props(WillDelayInterval=30)))
+    victim, _ = await v5(
+        clients,
+        broker.port,
+        "nosession",
+        will=("w/nosession", b"gone", 1, False, will_props(WillDelayInterval=30)),
+    )
     victim.drop()
     message = await watch.message(timeout=1.0)
     assert message.payload == b"gone"
@@ -281,13 +317,17 @@ async def test_will_properties_are_forwarded(broker, clients):
     [MQTT-3.3.2-18], Message Expiry Interval (the remaining time [MQTT-3.3.2-6]); the Will
     Delay Interval is not a PUBLISH property and is not sent."""
     watch = await watcher(clients, broker.port)
-    props = will_props(PayloadFormatIndicator=1, ContentType="text/plain",
-                       ResponseTopic="w/reply", CorrelationData=b"\x01\x02",
-                       MessageExpiryInterval=60, WillDelayInterval=0)
+    props = will_props(
+        PayloadFormatIndicator=1,
+        ContentType="text/plain",
+        ResponseTopic="w/reply",
+        CorrelationData=b"\x01\x02",
+        MessageExpiryInterval=60,
+        WillDelayInterval=0,
+    )
     props.UserProperty = ("k1", "v1")
     props.UserProperty = ("k2", "v2")
-    victim, _ = await v5(clients, broker.port, "rich",
-                         will=("w/rich", "gone", 1, False, props))
+    victim, _ = await v5(clients, broker.port, "rich", will=("w/rich", "gone", 1, False, props))
     victim.drop()
     message = await watch.message()
     got = message.properties
@@ -307,8 +347,7 @@ async def test_disconnect_with_will_message_publishes_the_will(broker, clients):
     published (3.14.2.1)."""
     watch = await watcher(clients, broker.port)
     leaving, _ = await v5(clients, broker.port, "loud", will=("w/loud", b"bye", 1, False))
-    await leave(broker, leaving,
-                reasoncode=PahoReasonCode(PacketTypes.DISCONNECT, identifier=0x04))
+    await leave(broker, leaving, reasoncode=PahoReasonCode(PacketTypes.DISCONNECT, identifier=0x04))
     message = await watch.message(timeout=2.0)
     assert (message.topic, message.payload) == ("w/loud", b"bye")
 
@@ -317,7 +356,12 @@ async def test_disconnect_with_will_message_publishes_the_will(broker, clients):
 async def test_normal_disconnect_discards_the_will(broker, clients):
     """DISCONNECT with Reason Code 0x00: the will is deleted, not published [MQTT-3.14.4-3]."""
     watch = await watcher(clients, broker.port)
-    leaving, _ = await v5(clients, broker.port, "quiet", expiry=60,
-                          will=("w/quiet", b"bye", 1, False, will_props(WillDelayInterval=1)))
+    leaving, _ = await v5(
+        clients,
+        broker.port,
+        "quiet",
+        expiry=60,
+        will=("w/quiet", b"bye", 1, False, will_props(WillDelayInterval=1)),
+    )
     await leave(broker, leaving)
     assert await nothing_in(watch.messages, 1.5)

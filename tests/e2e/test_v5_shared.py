@@ -1,5 +1,6 @@
 """Shared subscriptions ($share/GROUP/FILTER, MQTT 5.0 section 4.8.2) end to end, for MQTT 5.0
 and 3.1.1 clients (the broker accepts them from both, as Mosquitto 2.x does)."""
+
 import paho.mqtt.client as mqtt
 import pytest
 import pytest_twisted
@@ -21,8 +22,7 @@ from .mqttclient import (
     v5_bytes,
 )
 
-PROTOCOLS = pytest.mark.parametrize("protocol", [mqtt.MQTTv5, mqtt.MQTTv311],
-                                    ids=["v5", "v311"])
+PROTOCOLS = pytest.mark.parametrize("protocol", [mqtt.MQTTv5, mqtt.MQTTv311], ids=["v5", "v311"])
 
 
 async def client(clients, port, client_id, protocol):
@@ -80,8 +80,7 @@ async def test_members_of_different_protocol_versions_share_a_group(broker, clie
 
 @pytest_twisted.ensureDeferred
 @PROTOCOLS
-async def test_two_groups_and_a_plain_subscriber_each_get_every_message(broker, clients,
-                                                                       protocol):
+async def test_two_groups_and_a_plain_subscriber_each_get_every_message(broker, clients, protocol):
     # section 4.8.2: each group gets every message once, shared among its members; a
     # non-shared subscription on the same filter gets every message too
     a1 = await client(clients, broker.port, "a1", protocol)
@@ -155,8 +154,7 @@ def publish_of(level, got):
 
 @pytest_twisted.ensureDeferred
 @pytest.mark.parametrize("level", [5, 4], ids=["v5", "v311"])
-async def test_unacknowledged_messages_of_a_lost_member_go_to_another(broker, raw, clients,
-                                                                      level):
+async def test_unacknowledged_messages_of_a_lost_member_go_to_another(broker, raw, clients, level):
     # section 4.8.2: if a member's connection closes with QoS 1 messages not acknowledged
     # and its session ends, the Server may send them on to another member; mqtt-twisted
     # does (the issue asks for it): nothing published to the group is lost
@@ -194,8 +192,9 @@ async def test_acknowledged_messages_are_not_resent_to_another_member(broker, ra
 
 
 @pytest_twisted.ensureDeferred
-@pytest.mark.parametrize("protocol,failure", [(mqtt.MQTTv5, 0x8F), (mqtt.MQTTv311, 0x80)],
-                         ids=["v5", "v311"])
+@pytest.mark.parametrize(
+    "protocol,failure", [(mqtt.MQTTv5, 0x8F), (mqtt.MQTTv311, 0x80)], ids=["v5", "v311"]
+)
 async def test_invalid_share_names_are_refused_in_suback(broker, clients, protocol, failure):
     # [MQTT-4.8.2-1] a ShareName is at least one character and has no "/", "+", "#";
     # [MQTT-4.8.2-2] a Topic Filter follows it: SUBACK failure (0x8F Topic Filter invalid in

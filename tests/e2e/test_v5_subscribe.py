@@ -1,5 +1,6 @@
 """MQTT 5.0 subscription options end to end (paho MQTTv5 over loopback): No Local, Retain As
 Published, Retain Handling, and the QoS downgrade. References are to OASIS MQTT 5.0."""
+
 import paho.mqtt.client as mqtt
 import pytest
 import pytest_twisted
@@ -124,8 +125,7 @@ async def test_delivered_qos_is_downgraded_to_subscription_qos(broker, clients):
         await pub.publish("down/t", f"p{pub_qos}".encode(), qos=pub_qos)
         for sub_qos, sub in subs.items():
             message = await sub.message()
-            assert (message.payload, message.qos) == (f"p{pub_qos}".encode(),
-                                                      min(pub_qos, sub_qos))
+            assert (message.payload, message.qos) == (f"p{pub_qos}".encode(), min(pub_qos, sub_qos))
 
 
 @pytest_twisted.ensureDeferred

@@ -5,6 +5,7 @@ with frames [MQTT-6.0.0-2], subprotocol ``mqtt`` [MQTT-6.0.0-3] (``mqttv3.1`` fo
 a handshake offering neither refused, as Mosquitto 2.x does). Byte-level tests drive a raw
 socket that does the HTTP upgrade itself (``transports.RawWebSocket``) in a thread.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -17,8 +18,11 @@ from twisted.internet.threads import deferToThread
 from mqtt_twisted.packets import Connect, Subscribe, SubscriptionRequest, Will, encode
 
 from .mqttclient import connect_bytes, packet, publish_packet, subscribe_bytes
-from .transports import (TCP_ENDPOINT, certificates, listen, serve,  # noqa: F401
-                         ssl_endpoint, tclients, websockets)
+from .transports import (
+    TCP_ENDPOINT,
+    serve,  # noqa: F401
+    ssl_endpoint,
+)
 
 CONNACK_OK = b"\x20\x02\x00\x00"
 DISCONNECT = b"\xe0\x00"
@@ -39,8 +43,14 @@ async def watcher(tclients, port: int, topic_filter: str = "wills/#"):
     return client
 
 
-async def open_mqtt(websockets, port: int, client_id: str, will: Will | None = None,
-                    context=None, protocols=("mqtt",)):
+async def open_mqtt(
+    websockets,
+    port: int,
+    client_id: str,
+    will: Will | None = None,
+    context=None,
+    protocols=("mqtt",),
+):
     """A raw WebSocket, upgraded, that sent CONNECT and got CONNACK 0."""
     ws = await websockets(port, context)
     assert await deferToThread(ws.handshake, protocols) == 101
@@ -84,10 +94,20 @@ async def test_paho_pub_sub_over_wss(serve, tclients, certificates):
 
 @pytest_twisted.ensureDeferred
 async def test_wss_client_certificate_identity(serve, tclients, certificates):
-    served = serve("--mqtt", TCP_ENDPOINT, "--http", ssl_endpoint(certificates),
-                   "--cafile", str(certificates.ca), "--use-identity-as-username")
-    tls = {"ca_certs": certificates.ca, "certfile": certificates.client_cert,
-           "keyfile": certificates.client_key}
+    served = serve(
+        "--mqtt",
+        TCP_ENDPOINT,
+        "--http",
+        ssl_endpoint(certificates),
+        "--cafile",
+        str(certificates.ca),
+        "--use-identity-as-username",
+    )
+    tls = {
+        "ca_certs": certificates.ca,
+        "certfile": certificates.client_cert,
+        "keyfile": certificates.client_key,
+    }
     client = tclients(served.http[0], client_id="wss-device", transport="websockets", tls=tls)
     client.client.username_pw_set("claimed")
     await client.connect()
@@ -97,11 +117,14 @@ async def test_wss_client_certificate_identity(serve, tclients, certificates):
 # -- the handshake: subprotocols and origins ---------------------------------------------------
 
 
-@pytest.mark.parametrize("offered, chosen", [
-    (["mqtt"], "mqtt"),
-    (["mqttv3.1"], "mqttv3.1"),
-    (["chat", "mqtt"], "mqtt"),
-])
+@pytest.mark.parametrize(
+    "offered, chosen",
+    [
+        (["mqtt"], "mqtt"),
+        (["mqttv3.1"], "mqttv3.1"),
+        (["chat", "mqtt"], "mqtt"),
+    ],
+)
 @pytest_twisted.ensureDeferred
 async def test_subprotocol_answered(ws_broker, websockets, offered, chosen):
     ws = await websockets(ws_broker.http[0])
@@ -152,15 +175,19 @@ async def test_autobahn_client_gets_mqttv31_subprotocol(ws_broker):
 
 @pytest.fixture
 def origin_broker(serve):
-    return serve("--mqtt", TCP_ENDPOINT, "--http", TCP_ENDPOINT,
-                 "--ws-origin", "https://good.example")
+    return serve(
+        "--mqtt", TCP_ENDPOINT, "--http", TCP_ENDPOINT, "--ws-origin", "https://good.example"
+    )
 
 
-@pytest.mark.parametrize("origin, status", [
-    ("https://good.example", 101),
-    ("https://evil.example", 403),
-    (None, 101),  # not a browser: Origin is a browser's header (Mosquitto does not check it)
-])
+@pytest.mark.parametrize(
+    "origin, status",
+    [
+        ("https://good.example", 101),
+        ("https://evil.example", 403),
+        (None, 101),  # not a browser: Origin is a browser's header (Mosquitto does not check it)
+    ],
+)
 @pytest_twisted.ensureDeferred
 async def test_allowed_origins(origin_broker, websockets, origin, status):
     ws = await websockets(origin_broker.http[0])
@@ -176,8 +203,9 @@ async def test_allowed_origins(origin_broker, websockets, origin, status):
 @pytest_twisted.ensureDeferred
 async def test_text_frame_closes_connection_and_publishes_will(ws_broker, websockets, tclients):
     watch = await watcher(tclients, ws_broker.mqtt[0])
-    ws = await open_mqtt(websockets, ws_broker.http[0], "texter",
-                         will=Will("wills/texter", b"gone", qos=1))
+    ws = await open_mqtt(
+        websockets, ws_broker.http[0], "texter", will=Will("wills/texter", b"gone", qos=1)
+    )
     await deferToThread(ws.send_text, "not MQTT")
     assert await deferToThread(ws.closed) == CLOSE_UNSUPPORTED_DATA
     will = await watch.message()
@@ -218,9 +246,13 @@ async def test_one_packet_in_a_fragmented_message(ws_broker, websockets):
 async def test_several_packets_in_one_message(ws_broker, websockets):
     ws = await websockets(ws_broker.http[0])
     assert await deferToThread(ws.handshake) == 101
-    batch = (connect_bytes("batcher") + subscribe_bytes("batch/#", 0, packet_id=7)
-             + publish_packet("batch/one", b"1") + publish_packet("batch/two", b"22")
-             + packet(0xC0))  # PINGREQ
+    batch = (
+        connect_bytes("batcher")
+        + subscribe_bytes("batch/#", 0, packet_id=7)
+        + publish_packet("batch/one", b"1")
+        + publish_packet("batch/two", b"22")
+        + packet(0xC0)
+    )  # PINGREQ
     await deferToThread(ws.send_binary, batch)
     suback = b"\x90\x03\x00\x07\x00"
     one = publish_packet("batch/one", b"1")
@@ -236,8 +268,9 @@ async def test_several_packets_in_one_message(ws_broker, websockets):
 @pytest_twisted.ensureDeferred
 async def test_close_without_disconnect_publishes_will(ws_broker, websockets, tclients, how):
     watch = await watcher(tclients, ws_broker.mqtt[0])
-    ws = await open_mqtt(websockets, ws_broker.http[0], "leaver",
-                         will=Will("wills/leaver", b"lost", qos=1))
+    ws = await open_mqtt(
+        websockets, ws_broker.http[0], "leaver", will=Will("wills/leaver", b"lost", qos=1)
+    )
     if how == "close frame":
         await deferToThread(ws.close_frame, 1000)
         assert await deferToThread(ws.closed) == 1000  # the broker answers the close
@@ -250,8 +283,12 @@ async def test_close_without_disconnect_publishes_will(ws_broker, websockets, tc
 @pytest_twisted.ensureDeferred
 async def test_disconnect_then_close_publishes_no_will(ws_broker, websockets, tclients):
     watch = await watcher(tclients, ws_broker.mqtt[0])
-    ws = await open_mqtt(websockets, ws_broker.http[0], "polite",
-                         will=Will("wills/polite", b"should not appear", qos=1))
+    ws = await open_mqtt(
+        websockets,
+        ws_broker.http[0],
+        "polite",
+        will=Will("wills/polite", b"should not appear", qos=1),
+    )
     await deferToThread(ws.send_binary, DISCONNECT)
     assert await deferToThread(ws.closed) == 1000  # the broker closes the WebSocket cleanly
     ws.close()
@@ -272,8 +309,12 @@ def small_packets(serve):
 @pytest_twisted.ensureDeferred
 async def test_max_packet_size_applies_over_websocket(small_packets, websockets, tclients, split):
     watch = await watcher(tclients, small_packets.mqtt[0], "#")
-    ws = await open_mqtt(websockets, small_packets.http[0], "big-sender",
-                         will=Will("wills/big-sender", b"closed", qos=1))
+    ws = await open_mqtt(
+        websockets,
+        small_packets.http[0],
+        "big-sender",
+        will=Will("wills/big-sender", b"closed", qos=1),
+    )
     fits = publish_packet("size/ok", b"a" * 150)
     assert len(fits) <= 200
     await deferToThread(ws.send_binary, fits)
@@ -281,7 +322,7 @@ async def test_max_packet_size_applies_over_websocket(small_packets, websockets,
     too_big = publish_packet("size/big", b"b" * 300)
     if split:  # each message under the limit: the MQTT parser must catch it
         for start in range(0, len(too_big), 100):
-            await deferToThread(ws.send_binary, too_big[start:start + 100])
+            await deferToThread(ws.send_binary, too_big[start : start + 100])
     else:
         await deferToThread(ws.send_binary, too_big)
     assert await deferToThread(ws.closed) is not None

@@ -4,6 +4,7 @@
 server received a DISCONNECT; 3.1.2.5 lists the cases (I/O error or close, keep alive,
 close without DISCONNECT, protocol error). OASIS MQTT 3.1.1 numbering.
 """
+
 import time
 
 import paho.mqtt.client as mqtt
@@ -25,8 +26,16 @@ async def watcher(clients, port: int, topic: str = "wills/#", qos: int = 2):
     return watch
 
 
-async def paho_with_will(clients, port: int, client_id: str, topic: str, payload: bytes,
-                         qos: int = 1, retain: bool = False, **kwargs):
+async def paho_with_will(
+    clients,
+    port: int,
+    client_id: str,
+    topic: str,
+    payload: bytes,
+    qos: int = 1,
+    retain: bool = False,
+    **kwargs,
+):
     client = clients(port, client_id=client_id, **kwargs)
     client.client.will_set(topic, payload, qos, retain)
     await client.connect()
@@ -46,12 +55,23 @@ async def raw_with_will(raw, port: int, client_id: str, will: Will, keep_alive: 
 async def test_will_on_socket_close_without_disconnect(broker, clients, qos, protocol):
     """Socket closed without DISCONNECT: the will goes out with its QoS [MQTT-3.1.2-8]."""
     watch = await watcher(clients, broker.port)
-    victim = await paho_with_will(clients, broker.port, "victim", "wills/victim",
-                                  b"connection lost", qos=qos, protocol=protocol)
+    victim = await paho_with_will(
+        clients,
+        broker.port,
+        "victim",
+        "wills/victim",
+        b"connection lost",
+        qos=qos,
+        protocol=protocol,
+    )
     victim.drop()
     message = await watch.message()
     assert (message.topic, message.payload, message.qos, message.retain) == (
-        "wills/victim", b"connection lost", qos, False)
+        "wills/victim",
+        b"connection lost",
+        qos,
+        False,
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -92,8 +112,9 @@ async def test_will_on_keepalive_timeout(broker, clients, raw):
     [MQTT-3.1.2-24], [MQTT-3.1.2-8]."""
     watch = await watcher(clients, broker.port)
     started = time.monotonic()
-    await raw_with_will(raw, broker.port, "sleeper", Will("wills/sleeper", b"timed out", 1),
-                        keep_alive=1)
+    await raw_with_will(
+        raw, broker.port, "sleeper", Will("wills/sleeper", b"timed out", 1), keep_alive=1
+    )
     message = await watch.message(timeout=4.0)
     assert time.monotonic() - started >= 1.0
     assert (message.topic, message.payload, message.qos) == ("wills/sleeper", b"timed out", 1)
@@ -142,8 +163,9 @@ async def test_retained_will_is_retained(broker, clients):
     """A will with retain 1 is published as a retained message [MQTT-3.1.2-17]: live subscribers
     get it with retain 0 [MQTT-3.3.1-9], a later subscriber with retain 1 [MQTT-3.3.1-8]."""
     watch = await watcher(clients, broker.port)
-    victim = await paho_with_will(clients, broker.port, "sensor-9", "wills/sensor-9",
-                                  b"offline", qos=1, retain=True)
+    victim = await paho_with_will(
+        clients, broker.port, "sensor-9", "wills/sensor-9", b"offline", qos=1, retain=True
+    )
     victim.drop()
     live = await watch.message()
     assert (live.payload, live.qos, live.retain) == (b"offline", 1, False)
@@ -152,14 +174,19 @@ async def test_retained_will_is_retained(broker, clients):
     assert await later.subscribe("wills/+", qos=1) == [1]
     message = await later.message()
     assert (message.topic, message.payload, message.qos, message.retain) == (
-        "wills/sensor-9", b"offline", 1, True)
+        "wills/sensor-9",
+        b"offline",
+        1,
+        True,
+    )
 
 
 @pytest_twisted.ensureDeferred
 async def test_non_retained_will_is_not_retained(broker, clients):
     """A will with retain 0 is not stored [MQTT-3.1.2-16]."""
-    victim = await paho_with_will(clients, broker.port, "plain", "wills/plain", b"gone",
-                                  retain=False)
+    victim = await paho_with_will(
+        clients, broker.port, "plain", "wills/plain", b"gone", retain=False
+    )
     victim.drop()
     watch = clients(broker.port, client_id="late-watcher")
     await watch.connect()

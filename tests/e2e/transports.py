@@ -7,6 +7,7 @@ test reactor with port 0 endpoints; ``listen(...)`` builds single listeners by h
 Neither blocks the reactor; every client that needs the broker to answer while it connects
 (TLS and WebSocket handshakes) connects in a thread.
 """
+
 from __future__ import annotations
 
 import base64
@@ -41,7 +42,7 @@ def escape(path) -> str:
 def ssl_endpoint(certs: TestCertificates, port: int = 0, key=None, cert=None) -> str:
     key = certs.server_key if key is None else key
     cert = certs.server_cert if cert is None else cert
-    return (f"ssl:{port}:interface={HOST}:privateKey={escape(key)}:certKey={escape(cert)}")
+    return f"ssl:{port}:interface={HOST}:privateKey={escape(key)}:certKey={escape(cert)}"
 
 
 TCP_ENDPOINT = f"tcp:0:interface={HOST}"
@@ -118,8 +119,10 @@ def listen():
     ports = []
     brokers = []
 
-    async def start(certs: TestCertificates, settings: TLSSettings = TLSSettings(),
-                    origins=(), **config) -> Listening:
+    async def start(
+        certs: TestCertificates, settings: TLSSettings | None = None, origins=(), **config
+    ) -> Listening:
+        settings = settings if settings is not None else TLSSettings()
         broker = Broker(reactor, BrokerConfig(**config))
         brokers.append(broker)
         tls = ssl_endpoint(certs)
@@ -194,8 +197,9 @@ def client_context(certs: TestCertificates, cert=None, key=None, **versions) -> 
     return context
 
 
-def tls_exchange(port: int, context: ssl.SSLContext, send: bytes = b"",
-                 timeout: float = TIMEOUT) -> bytes:
+def tls_exchange(
+    port: int, context: ssl.SSLContext, send: bytes = b"", timeout: float = TIMEOUT
+) -> bytes:
     """Blocking (run it in a thread): handshake, send ``send``, read until close or timeout.
 
     Raises ``ssl.SSLError`` / ``OSError`` when the server refuses the handshake (under TLS 1.3
@@ -210,7 +214,7 @@ def tls_exchange(port: int, context: ssl.SSLContext, send: bytes = b"",
             while time.monotonic() < deadline:
                 try:
                     chunk = sock.recv(4096)
-                except (socket.timeout, TimeoutError):
+                except TimeoutError:
                     break
                 if not chunk:
                     break
@@ -237,8 +241,14 @@ class RawWebSocket:
 
     def handshake(self, protocols=("mqtt",), origin: str | None = None, path: str = "/mqtt") -> int:
         key = base64.b64encode(os.urandom(16)).decode()
-        lines = [f"GET {path} HTTP/1.1", f"Host: {HOST}", "Upgrade: websocket",
-                 "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
+        lines = [
+            f"GET {path} HTTP/1.1",
+            f"Host: {HOST}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+        ]
         if protocols:
             lines.append("Sec-WebSocket-Protocol: " + ", ".join(protocols))
         if origin is not None:
@@ -290,7 +300,7 @@ class RawWebSocket:
             self.sock.settimeout(left)
             try:
                 chunk = self.sock.recv(65536)
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 return None
             except OSError as error:
                 raise EOFError(str(error)) from None

@@ -1,4 +1,5 @@
 """Drive MQTTProtocol connections over StringTransport with a task.Clock: no sockets, no reactor."""
+
 from __future__ import annotations
 
 from twisted.internet.task import Clock

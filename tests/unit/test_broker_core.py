@@ -1,4 +1,5 @@
 """The broker core and the protocol class driven without sockets: StringTransport + task.Clock."""
+
 from __future__ import annotations
 
 from mqtt_twisted.broker import message as message_module

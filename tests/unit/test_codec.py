@@ -25,9 +25,9 @@ from mqtt_twisted.packets import (
     Property,
     PubAck,
     PubComp,
+    Publish,
     PubRec,
     PubRel,
-    Publish,
     ReasonCode,
     SubAck,
     Subscribe,
@@ -41,16 +41,12 @@ from mqtt_twisted.packets import (
 )
 from mqtt_twisted.packets.properties import ALLOWED, WILL
 
-SETTINGS = settings(
-    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LEVELS = (MQTT_3_1, MQTT_3_1_1, MQTT_5)
 
 # --------------------------------------------------------------------------- strategies
 
-text = st.text(
-    st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=12
-)
+text = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=12)
 binary = st.binary(max_size=24)
 packet_ids = st.integers(1, 0xFFFF)
 u16 = st.integers(0, 0xFFFF)
@@ -239,9 +235,7 @@ SERVER_PACKETS = [
 def client_stream(level: int) -> st.SearchStrategy[list[Any]]:
     """A CONNECT followed by any client->server packets of that level."""
     others = st.one_of(*[f(level) for _, f, lv in CLIENT_PACKETS if level in lv])
-    return st.tuples(connects(level), st.lists(others, max_size=8)).map(
-        lambda t: [t[0], *t[1]]
-    )
+    return st.tuples(connects(level), st.lists(others, max_size=8)).map(lambda t: [t[0], *t[1]])
 
 
 def server_stream(level: int) -> st.SearchStrategy[list[Any]]:

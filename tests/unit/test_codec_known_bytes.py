@@ -21,9 +21,9 @@ from mqtt_twisted.packets import (
     Property,
     PubAck,
     PubComp,
+    Publish,
     PubRec,
     PubRel,
-    Publish,
     ReasonCode,
     SubAck,
     Subscribe,
@@ -86,7 +86,14 @@ CASES = [
     # CONNECT 5.0 (5.0 spec figure 3-8 style): session expiry interval 10.
     (
         Connect(
-            "cid", MQTT_5, "MQTT", True, 10, "user", b"pass", None,
+            "cid",
+            MQTT_5,
+            "MQTT",
+            True,
+            10,
+            "user",
+            b"pass",
+            None,
             {P.SESSION_EXPIRY_INTERVAL: 10},
         ),  # fmt: skip
         MQTT_5,
@@ -96,13 +103,21 @@ CASES = [
     # CONNECT 5.0 with will properties and user properties.
     (
         Connect(
-            "c", MQTT_5, "MQTT", True, 60, None, None,
+            "c",
+            MQTT_5,
+            "MQTT",
+            True,
+            60,
+            None,
+            None,
             Will("w", b"x", 0, False, {P.WILL_DELAY_INTERVAL: 5, P.CONTENT_TYPE: "t"}),
             {P.RECEIVE_MAXIMUM: 20, P.USER_PROPERTY: [("a", "b")]},
         ),  # fmt: skip
         MQTT_5,
-        h("10 28 0004'MQTT' 05 06 003c 0a 21 0014 26 0001'a' 0001'b' 0001'c'"
-          " 09 18 00000005 03 0001't' 0001'w' 0001'x'"),  # fmt: skip
+        h(
+            "10 28 0004'MQTT' 05 06 003c 0a 21 0014 26 0001'a' 0001'b' 0001'c'"
+            " 09 18 00000005 03 0001't' 0001'w' 0001'x'"
+        ),  # fmt: skip
         "c2s",
     ),
     # CONNACK

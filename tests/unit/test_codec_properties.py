@@ -155,8 +155,17 @@ SPEC_TABLE: dict[int, tuple[bytes, set[str]]] = {
     0x1C: (s("x"), {"CONNACK", "DISCONNECT"}),  # Server Reference
     0x1F: (
         s("x"),
-        {"CONNACK", "PUBACK", "PUBREC", "PUBREL", "PUBCOMP", "SUBACK", "UNSUBACK",
-         "DISCONNECT", "AUTH"},
+        {
+            "CONNACK",
+            "PUBACK",
+            "PUBREC",
+            "PUBREL",
+            "PUBCOMP",
+            "SUBACK",
+            "UNSUBACK",
+            "DISCONNECT",
+            "AUTH",
+        },
     ),  # Reason String  # fmt: skip
     0x21: (b"\x00\x01", {"CONNECT", "CONNACK"}),  # Receive Maximum
     0x22: (b"\x00\x01", {"CONNECT", "CONNACK"}),  # Topic Alias Maximum

@@ -1,4 +1,5 @@
 """$SYS/broker/... figures, driven with task.Clock."""
+
 from mqtt_twisted.broker.systopics import SysTopics
 from mqtt_twisted.packets import Publish, Subscribe, SubscriptionRequest
 
@@ -21,7 +22,7 @@ def test_sys_topics_report_activity_and_only_changes():
     assert first["$SYS/broker/clients/connected"] == "1"
     assert first["$SYS/broker/uptime"] == "0 seconds"
     publisher = connected(broker, "pub")
-    for i in range(5):
+    for _ in range(5):
         publisher.send(Publish("data/x", b"12345", qos=0))
     clock.advance(10)
     second = sys_messages(watcher)
@@ -42,7 +43,8 @@ def test_sys_topics_are_retained_for_late_subscribers():
     late.send(Subscribe(1, [SubscriptionRequest("$SYS/broker/clients/connected", 0)]))
     packets = late.received()[1:]
     assert [(p.topic, p.payload, p.retain) for p in packets] == [
-        ("$SYS/broker/clients/connected", b"0", True)]
+        ("$SYS/broker/clients/connected", b"0", True)
+    ]
 
 
 def test_hash_does_not_match_sys():

@@ -1,4 +1,5 @@
 """Command-line options of `twistd mqtt`: defaults, parsing, errors."""
+
 import pytest
 from twisted.python import usage
 
@@ -17,7 +18,10 @@ def test_defaults():
     assert parse()["http"] == ["tcp:8080:interface=127.0.0.1"]
     assert parse("--http", "none")["http"] == []
     assert (config.max_keepalive, config.max_inflight_messages, config.max_queued_messages) == (
-        65535, 20, 1000)
+        65535,
+        20,
+        1000,
+    )
     assert (config.max_packet_size, config.max_qos, config.retain_available) == (2_000_000, 2, True)
     assert config.allow_zero_length_clientid is True
     assert config.connect_timeout == 10
@@ -34,18 +38,32 @@ def test_yes_no_options():
     assert config.allow_zero_length_clientid is False
 
 
-@pytest.mark.parametrize("text, seconds", [
-    ("30s", 30), ("2h", 7200), ("14d", 14 * 86400), ("1w", 604800), ("1m", 30 * 86400),
-    ("1y", 365 * 86400),
-])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("30s", 30),
+        ("2h", 7200),
+        ("14d", 14 * 86400),
+        ("1w", 604800),
+        ("1m", 30 * 86400),
+        ("1y", 365 * 86400),
+    ],
+)
 def test_durations_use_mosquitto_units(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("args", [
-    ["--max-qos", "3"], ["--max-keepalive", "70000"], ["--retain-available", "perhaps"],
-    ["--persistent-client-expiration", "0h"], ["--connect-timeout", "0"], ["--mqtt", "bogus:1"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--max-qos", "3"],
+        ["--max-keepalive", "70000"],
+        ["--retain-available", "perhaps"],
+        ["--persistent-client-expiration", "0h"],
+        ["--connect-timeout", "0"],
+        ["--mqtt", "bogus:1"],
+    ],
+)
 def test_bad_values_are_usage_errors(args):
     with pytest.raises(usage.UsageError):
         parse(*args)

@@ -3,6 +3,7 @@ session expiry, will delay, Server Keep Alive, Receive Maximum, topic aliases (p
 
 OASIS MQTT 5.0 numbering.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -273,8 +274,7 @@ def test_keep_alive_timeout_without_problem_information_has_no_reason_string():
     """Request Problem Information 0: the 0x8D DISCONNECT carries no Reason String
     [MQTT-3.1.2-29]."""
     broker, clock = make_broker()
-    client = v5(broker, "shy", keep_alive=10,
-                properties={Property.REQUEST_PROBLEM_INFORMATION: 0})
+    client = v5(broker, "shy", keep_alive=10, properties={Property.REQUEST_PROBLEM_INFORMATION: 0})
     clock.advance(15.1)
     assert client.received() == [Disconnect(ReasonCode.KEEP_ALIVE_TIMEOUT, {})]
 
@@ -311,8 +311,9 @@ def test_receive_maximum_taken_from_each_connect():
     for n in range(5):
         pub.send(Publish("t", b"%d" % n, qos=1, packet_id=n + 1))
     again = FakeClient(broker, 5)
-    again.send(Connect("sub", 5, clean_start=False,
-                       properties={SEI: 100, Property.RECEIVE_MAXIMUM: 3}))
+    again.send(
+        Connect("sub", 5, clean_start=False, properties={SEI: 100, Property.RECEIVE_MAXIMUM: 3})
+    )
     assert [p.payload for p in publishes(again)] == [b"0", b"1", b"2"]
 
 
@@ -326,7 +327,11 @@ def test_broker_receive_maximum_for_qos2():
     client.send(PubRel(1))
     client.send(Publish("t", b"c", qos=2, packet_id=3))
     assert [p.type for p in client.received()] == [
-        PacketType.PUBREC, PacketType.PUBREC, PacketType.PUBCOMP, PacketType.PUBREC]
+        PacketType.PUBREC,
+        PacketType.PUBREC,
+        PacketType.PUBCOMP,
+        PacketType.PUBREC,
+    ]
     client.send(Publish("t", b"d", qos=2, packet_id=4))
     (disconnect,) = client.received()
     assert disconnect.reason_code == ReasonCode.RECEIVE_MAXIMUM_EXCEEDED
@@ -412,11 +417,11 @@ def test_aliases_in_protocol_are_per_connection():
     pub.send(Publish("t/a", b"1", properties={Property.TOPIC_ALIAS: 1}))
     pub.send(Publish("", b"2", properties={Property.TOPIC_ALIAS: 1}))
     got = publishes(sub)
-    assert [(p.topic, p.properties.get(Property.TOPIC_ALIAS)) for p in got] == [
-        ("t/a", 1), ("", 1)]
+    assert [(p.topic, p.properties.get(Property.TOPIC_ALIAS)) for p in got] == [("t/a", 1), ("", 1)]
     sub.lose()
-    sub = v5(broker, "sub", expiry=100, clean_start=False,
-             properties={Property.TOPIC_ALIAS_MAXIMUM: 2})
+    sub = v5(
+        broker, "sub", expiry=100, clean_start=False, properties={Property.TOPIC_ALIAS_MAXIMUM: 2}
+    )
     pub.send(Publish("t/a", b"3"))
     (again,) = publishes(sub)
     assert (again.topic, again.properties.get(Property.TOPIC_ALIAS)) == ("t/a", 1)

@@ -1,16 +1,17 @@
 """MQTT 5.0 routing in the broker core, driven without sockets (StringTransport + task.Clock):
 encodings shared across fan-out, shared-group pick order, message expiry on the clock."""
+
 from __future__ import annotations
 
 from mqtt_twisted.broker import message as message_module
 from mqtt_twisted.packets import (
     Connect,
+    Property,
     PubAck,
     PubComp,
+    Publish,
     PubRec,
     PubRel,
-    Publish,
-    Property,
     Subscribe,
     SubscriptionRequest,
 )
@@ -24,8 +25,9 @@ SESSION_EXPIRY = Property.SESSION_EXPIRY_INTERVAL
 
 def subscribe(client, topic_filter, qos=0, packet_id=1, subscription_id=None, **options):
     properties = {SUB_ID: [subscription_id]} if subscription_id else {}
-    client.send(Subscribe(packet_id, [SubscriptionRequest(topic_filter, qos, **options)],
-                          properties))
+    client.send(
+        Subscribe(packet_id, [SubscriptionRequest(topic_filter, qos, **options)], properties)
+    )
     return client.received()
 
 
@@ -55,11 +57,17 @@ def test_v5_fan_out_encodes_once_per_variant(monkeypatch):
         subscribe(reader, "fan/out", qos=1)
     publisher = connected(broker, "pub", level=5)
     user = [("a", "1"), ("b", "2")]
-    publisher.send(Publish("fan/out", b"payload", qos=1, packet_id=1,
-                           properties={Property.USER_PROPERTY: user}))
+    publisher.send(
+        Publish(
+            "fan/out", b"payload", qos=1, packet_id=1, properties={Property.USER_PROPERTY: user}
+        )
+    )
     assert publisher.received() == [PubAck(1)]
-    assert sorted((q, r, lvl) for q, r, lvl, _p in calls) == [(0, False, 5), (1, False, 4),
-                                                             (1, False, 5)]
+    assert sorted((q, r, lvl) for q, r, lvl, _p in calls) == [
+        (0, False, 5),
+        (1, False, 4),
+        (1, False, 5),
+    ]
     for reader in readers:
         (packet,) = reader.received()
         assert (packet.payload, packet.properties) == (b"payload", {Property.USER_PROPERTY: user})
@@ -91,8 +99,9 @@ def test_shared_group_picks_round_robin_skipping_disconnected_members():
     broker, clock = make_broker()
     members = {}
     for name in ("a", "b", "c"):
-        members[name] = connected(broker, name, level=5, clean_start=True,
-                                  properties={SESSION_EXPIRY: 300})
+        members[name] = connected(
+            broker, name, level=5, clean_start=True, properties={SESSION_EXPIRY: 300}
+        )
         subscribe(members[name], "$share/g/t", qos=0)
     publisher = connected(broker, "pub", level=5)
 

@@ -2,6 +2,7 @@
 
 Only points at :mod:`mqtt_twisted.tap`; imported lazily so ``twistd --help`` stays fast.
 """
+
 from twisted.application.service import ServiceMaker
 
 mqttBroker = ServiceMaker(
