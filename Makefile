@@ -7,7 +7,7 @@ PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q
 EDITABLE := --config-settings editable_mode=compat
 ARGS ?=
 
-.PHONY: run test install install-test clean bench bench-deps
+.PHONY: run test check install install-test install-check clean bench bench-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ install: $(VENV)/.installed
 
 install-test: $(VENV)/.installed-test
 
+$(VENV)/.installed-check: $(VENV)/.installed
+	$(PIP_INSTALL) -e '.[check]' $(EDITABLE)
+	touch $@
+
+install-check: $(VENV)/.installed-check
+
 ## make run: create .venv, install, start the broker with its defaults (tcp:1883 on 127.0.0.1)
 run: install
 	$(BIN)/twistd -n mqtt $(ARGS)
@@ -33,6 +39,12 @@ run: install
 ## make test: install the test extra and run the whole suite
 test: install-test
 	$(BIN)/python -m pytest $(ARGS)
+
+## make check: ruff (lint and format) and mypy (with mypy-zope), as CI runs them
+check: install-check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 ## make bench: ours vs Mosquitto and amqtt when installed (ARGS=--quick: under 2 minutes)
 bench: install

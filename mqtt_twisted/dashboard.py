@@ -73,7 +73,7 @@ class DashboardFile(File):
     """Static files with JavaScript module MIME types and no directory listings."""
 
     contentTypes = {**File.contentTypes, **CONTENT_TYPES}
-    childNotFound = notFound("No such file.")
+    childNotFound = notFound("No such file.")  # type: ignore[assignment]  # any IResource serves
 
     def directoryListing(self):
         return forbidden("Directory listings are off.")

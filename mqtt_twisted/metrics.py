@@ -53,6 +53,16 @@ class BrokerCollector:
             "subscriptions": (len(broker.subscriptions), "subscriptions"),
             "retained_messages": (len(broker.retained), "retained messages"),
             "uptime_seconds": (broker.clock.seconds() - broker.started, "seconds since start"),
+            "stored_messages": (stats.stored_messages, "messages queued or in flight for clients"),
+            "stored_bytes": (stats.stored_bytes, "payload bytes queued or in flight for clients"),
+            "clients_slow": (
+                stats.clients_slow,
+                "connected clients past their grace time, dropping what their queue cannot hold",
+            ),
+            "connections_held": (
+                stats.connections_held,
+                "connections not read because a subscriber they publish to is full",
+            ),
         }
         for name, (value, doc) in gauges.items():
             metric = GaugeMetricFamily(f"mqtt_{name}", doc)
@@ -66,6 +76,15 @@ class BrokerCollector:
         for listener, count in sorted(stats.listener_connections.items()):
             listeners.add_metric([listener], count)
         yield listeners
+        dropped = CounterMetricFamily(
+            "mqtt_client_messages_dropped",
+            "messages dropped for one client (queue full, too large); clients with drops only",
+            labels=["client_id"],
+        )
+        for session in broker.sessions.values():
+            if session.dropped:
+                dropped.add_metric([session.client_id], session.dropped)
+        yield dropped
 
 
 class MetricsResource(Resource):
@@ -84,7 +103,7 @@ class MetricsResource(Resource):
 
 def metrics_resource(broker: Broker) -> MetricsResource:
     """The ``/metrics`` resource of ``broker`` (one registry per broker, made once)."""
-    resource = getattr(broker, "_metrics_resource", None)
+    resource: MetricsResource | None = getattr(broker, "_metrics_resource", None)
     if resource is None:
         registry = CollectorRegistry()
         registry.register(BrokerCollector(broker))
@@ -95,5 +114,6 @@ def metrics_resource(broker: Broker) -> MetricsResource:
             buckets=(1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 5e-2, 0.25, 1.0),
         )
         broker.publish_timer = histogram.observe
-        resource = broker._metrics_resource = MetricsResource(registry)
+        resource = MetricsResource(registry)
+        broker._metrics_resource = resource  # type: ignore[attr-defined]
     return resource

@@ -7,7 +7,10 @@ drive them with ``task.Clock``.
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IPushProducer
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -21,6 +24,7 @@ from mqtt_twisted.connect import (
     check_connect,
     connack_properties,
 )
+from mqtt_twisted.inputgate import PACKETS_PER_TURN, InputGate, Linger
 from mqtt_twisted.packets import (
     MQTT_5,
     ConnAck,
@@ -38,6 +42,7 @@ from mqtt_twisted.packets import (
     UnsubAck,
     Unsubscribe,
     UnsupportedProtocolVersion,
+    Will,
     encode,
 )
 from mqtt_twisted.tls import peer_common_name
@@ -59,6 +64,9 @@ NOT_FOUND = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
 class MQTTProtocol(Protocol):
     """One client connection. The transport's flow control pauses delivery to slow readers."""
 
+    #: a TCP or TLS transport, or the WebSocket adapter (set by makeConnection)
+    transport: Any
+
     def __init__(
         self, broker: Broker, listener: str = "", use_identity_as_username: bool = False
     ) -> None:
@@ -71,7 +79,7 @@ class MQTTProtocol(Protocol):
         self.paused = False
         self.session: Session | None = None
         self.terms: ConnectTerms | None = None
-        self.will = None
+        self.will: Will | None = None
         self.keep_alive = 0
         #: the client's Receive Maximum and Maximum Packet Size (MQTT 5)
         self.receive_maximum = 65535
@@ -83,9 +91,13 @@ class MQTTProtocol(Protocol):
         self._parser = Parser(max_packet_size=broker.config.max_packet_size)
         self._ended = False
         self._last_seen = 0.0
-        self._connect_timer = None
-        self._keepalive_timer = None
-        self._abort_timer = None
+        self._connect_timer: IDelayedCall | None = None
+        self._keepalive_timer: IDelayedCall | None = None
+        self._abort_timer: IDelayedCall | None = None
+        #: reading side of flow control (made when the transport is known)
+        self._input: InputGate = None  # type: ignore[assignment]
+        #: set while a closing connection discards its input (after a reason code)
+        self._linger: Linger | None = None
 
     # -- connection lifetime ----------------------------------------------------------
 
@@ -103,6 +115,7 @@ class MQTTProtocol(Protocol):
             except OSError:
                 pass
         self.transport.registerProducer(self, True)
+        self._input = InputGate(self.transport, self._clock, self._stats, self._handle_input)
         self._connect_timer = self._clock.callLater(
             self.broker.config.connect_timeout, self._connect_timed_out
         )
@@ -112,6 +125,8 @@ class MQTTProtocol(Protocol):
         counts[self.listener] = counts.get(self.listener, 1) - 1
         if self._abort_timer is not None and self._abort_timer.active():
             self._abort_timer.cancel()
+        if self._linger is not None:
+            self._linger.cancel()
         if not self._ended:
             self._end("connection lost", publish_will=True)
 
@@ -129,8 +144,17 @@ class MQTTProtocol(Protocol):
         )
         self._end("no CONNECT in time", publish_will=False)
 
-    def _end(self, reason: str, publish_will: bool, reason_code: int | None = None) -> None:
-        """Close the connection once: DISCONNECT (5.0), will, session bookkeeping, log."""
+    def _end(
+        self,
+        reason: str,
+        publish_will: bool,
+        reason_code: int | None = None,
+        told: bool = False,
+    ) -> None:
+        """Close the connection once: DISCONNECT (5.0), will, session bookkeeping, log.
+
+        A client that was told why (a DISCONNECT, or ``told``: a refusing CONNACK) gets
+        time to read it before the connection closes (:class:`Linger`)."""
         if self._ended:
             return
         self._ended = True
@@ -138,10 +162,14 @@ class MQTTProtocol(Protocol):
             if timer is not None and timer.active():
                 timer.cancel()
         self._connect_timer = self._keepalive_timer = None
+        if self._input is not None:
+            for holder in self._input.close():
+                holder.forget_reader(self)
         session = self.session
         if session is not None:
             if reason_code is not None and self.protocol_level == MQTT_5:
-                self._write(encode(Disconnect(reason_code, self._reason_string(reason)), MQTT_5))
+                self._write(self._disconnect_packet(reason_code, reason))
+                told = True
             will = self.will if publish_will else None
             self.will = None
             self.broker.session_closed(session, self, will)
@@ -153,15 +181,26 @@ class MQTTProtocol(Protocol):
                 reason=reason,
             )
         self.transport.unregisterProducer()
+        if told and self.transport.connected:
+            self._linger = Linger(self.transport, self._clock, self._close)
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        """Close the transport; abort it if it cannot flush in time."""
         self.transport.loseConnection()
         if self.transport.connected:
             self._abort_timer = self._clock.callLater(CLOSE_GRACE_SECONDS, self._abort)
 
-    def _reason_string(self, reason: str) -> dict:
-        """A Reason String property, when the client allows problem information [MQTT-3.1.2-29]."""
-        if self.terms is not None and not self.terms.request_problem_information:
-            return {}
-        return {Property.REASON_STRING: reason}
+    def _disconnect_packet(self, reason_code: int, reason: str) -> bytes:
+        """A 5.0 DISCONNECT; its Reason String only when allowed [MQTT-3.1.2-29] and only
+        when it keeps the packet within the client's Maximum Packet Size [MQTT-3.14.2-3]."""
+        allowed = self.terms is None or self.terms.request_problem_information
+        return _fitting(
+            lambda properties: encode(Disconnect(reason_code, properties), MQTT_5),
+            {Property.REASON_STRING: reason} if allowed else {},
+            self.max_packet_size,
+        )
 
     def _abort(self) -> None:
         self._abort_timer = None
@@ -196,20 +235,47 @@ class MQTTProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self._ended:
+            if self._linger is not None:
+                self._linger.discard(data)
             return
         self._last_seen = self._clock.seconds()
-        stats = self._stats
-        stats.bytes_received += len(data)
+        self._stats.bytes_received += len(data)
+        self._parser.feed(data)
+        if self._input.open:
+            self._handle_input()
+
+    # -- flow control of input (see mqtt_twisted.inputgate) ----------------------------
+
+    def hold_input(self, by: Session) -> None:
+        """A subscriber this connection publishes to is full: stop reading for now."""
+        if not self._ended:
+            self._input.hold(by)
+
+    def release_input(self, by: Session) -> None:
+        """That subscriber drained (or gave up waiting): read and handle input again."""
+        if not self._ended:
+            self._input.release(by)
+
+    def _handle_input(self) -> None:
+        """Handle buffered packets: at most PACKETS_PER_TURN, and none while held."""
         parser = self._parser
-        parser.feed(data)
         handlers = HANDLERS
+        stats = self._stats
+        gate = self._input
+        budget = PACKETS_PER_TURN
+        self._last_seen = self._clock.seconds()
         try:
-            while not self._ended:
+            while budget:
                 packet = parser.next_packet()
                 if packet is None:
                     return
                 stats.messages_received += 1
-                handlers[packet.type](self, packet)
+                handlers[packet.type](self, packet)  # type: ignore[operator]
+                if self._ended or not gate.open:
+                    return
+                budget -= 1
+            if parser.buffered:
+                gate.next_turn()
         except UnsupportedProtocolVersion as error:
             self._refuse(
                 Refused(
@@ -258,7 +324,7 @@ class MQTTProtocol(Protocol):
         )
         limit = self.max_packet_size
         if limit is not None and len(head) + len(tail) + (2 if qos else 0) > limit:
-            if alias and send_topic:
+            if alias and send_topic and aliases is not None:
                 aliases.forget(message.topic)
             return None
         return head, tail
@@ -323,8 +389,14 @@ class MQTTProtocol(Protocol):
                         ReasonCode.NOT_AUTHORIZED,
                     )
         except Refused as refused:
-            problem_information = connect.properties.get(Property.REQUEST_PROBLEM_INFORMATION, 1)
-            self._refuse(refused, self.protocol_level, bool(problem_information))
+            properties = connect.properties
+            problem_information = properties.get(Property.REQUEST_PROBLEM_INFORMATION, 1)
+            self._refuse(
+                refused,
+                self.protocol_level,
+                bool(problem_information),
+                properties.get(Property.MAXIMUM_PACKET_SIZE),
+            )
             return
         self.terms = terms
         self.keep_alive = terms.keep_alive
@@ -359,10 +431,18 @@ class MQTTProtocol(Protocol):
         )
         session.attach(self)
 
-    def _refuse(self, refused: Refused, level: int, problem_information: bool = True) -> None:
+    def _refuse(
+        self,
+        refused: Refused,
+        level: int,
+        problem_information: bool = True,
+        max_packet_size: int | None = None,
+    ) -> None:
         """Answer CONNECT with a refusing CONNACK (when the version has a code for it) and close.
 
-        The Reason String is left out when the client sent Request Problem Information 0."""
+        The Reason String is left out when the client sent Request Problem Information 0,
+        or when it would make the CONNACK larger than the client's Maximum Packet Size
+        [MQTT-3.2.2-19]."""
         self.protocol_level = level
         code = refused.code_v5 if level == MQTT_5 else refused.code_v3
         if code is not None:  # [MQTT-3.2.2-5]
@@ -371,20 +451,31 @@ class MQTTProtocol(Protocol):
                 if level == MQTT_5 and problem_information
                 else {}
             )
-            self._write(encode(ConnAck(False, code, properties), level))
+            self._write(
+                _fitting(
+                    lambda props: encode(ConnAck(False, code, props), level),
+                    properties,
+                    max_packet_size,
+                )
+            )
         log.info(
             "refused connection from {peer} (listener {listener}): {reason}",
             peer=self._peer(),
             listener=self.listener,
             reason=refused.reason,
         )
-        self._end(refused.reason, publish_will=False)
+        self._end(refused.reason, publish_will=False, told=code is not None)
 
     # -- keep alive -------------------------------------------------------------------
 
     def _check_keepalive(self) -> None:
-        """Close a client silent for 1.5 x its keep alive [MQTT-3.1.2-24]."""
+        """Close a client silent for 1.5 x its keep alive [MQTT-3.1.2-24].
+
+        While its input is held back by flow control the broker is not reading it, so the
+        client counts as alive."""
         limit = self.keep_alive * 1.5
+        if not self._input.open:
+            self._last_seen = self._clock.seconds()
         idle = self._clock.seconds() - self._last_seen
         if idle >= limit:
             self._keepalive_timer = None
@@ -420,6 +511,7 @@ class MQTTProtocol(Protocol):
         # Clients cannot publish into $SYS: accepted (and acknowledged) but not routed.
         routed = not (topic[0] == "$" and topic.startswith("$SYS"))
         session = self.session
+        assert session is not None  # the parser lets nothing but CONNECT come first
         if qos == 0:
             if routed:
                 self.broker.publish(
@@ -466,6 +558,7 @@ class MQTTProtocol(Protocol):
         Returns (topic, properties to forward, expiry time, reason code to refuse it with or 0).
         """
         properties = packet.properties
+        assert self._inbound_aliases is not None  # made at CONNECT for 5.0
         topic = self._inbound_aliases.resolve(packet.topic, properties.get(TOPIC_ALIAS))
         if TOPIC_ALIAS in properties:  # an alias belongs to this connection, not the message
             properties = {k: v for k, v in properties.items() if k != TOPIC_ALIAS}
@@ -482,15 +575,21 @@ class MQTTProtocol(Protocol):
         return topic, properties, self.broker.expiry_time(properties), 0
 
     def _on_puback(self, packet) -> None:
-        self.session.puback(packet.packet_id)
+        session = self.session
+        assert session is not None  # the parser lets nothing but CONNECT come first
+        session.puback(packet.packet_id)
 
     def _on_pubrec(self, packet) -> None:
+        session = self.session
+        assert session is not None
         failed = packet.reason_code >= 0x80
-        if not self.session.pubrec(packet.packet_id, failed) and not failed:
+        if not session.pubrec(packet.packet_id, failed) and not failed:
             self._ack(0x62, packet.packet_id, NOT_FOUND)  # PUBREL, 0x92 in 5.0
 
     def _on_pubrel(self, packet) -> None:
-        awaiting = self.session.awaiting_pubrel
+        session = self.session
+        assert session is not None
+        awaiting = session.awaiting_pubrel
         if packet.packet_id in awaiting:
             awaiting.discard(packet.packet_id)
             self._write(b"\x70\x02" + packet.packet_id.to_bytes(2, "big"))  # PUBCOMP
@@ -498,12 +597,15 @@ class MQTTProtocol(Protocol):
             self._ack(0x70, packet.packet_id, NOT_FOUND)  # [MQTT-4.3.3-11]
 
     def _on_pubcomp(self, packet) -> None:
-        self.session.pubcomp(packet.packet_id)
+        session = self.session
+        assert session is not None
+        session.pubcomp(packet.packet_id)
 
     # -- subscriptions ----------------------------------------------------------------
 
     def _on_subscribe(self, packet: Subscribe) -> None:
         session = self.session
+        assert session is not None
         requests = packet.subscriptions
         v5 = self.protocol_level == MQTT_5
         subscription_id = None
@@ -525,7 +627,9 @@ class MQTTProtocol(Protocol):
         self.broker.send_retained(session, requests, codes, existed)
 
     def _on_unsubscribe(self, packet: Unsubscribe) -> None:
-        codes = self.broker.unsubscribe(self.session, packet.topic_filters)
+        session = self.session
+        assert session is not None
+        codes = self.broker.unsubscribe(session, packet.topic_filters)
         if self.protocol_level == MQTT_5:
             codes = [
                 ReasonCode.TOPIC_FILTER_INVALID
@@ -539,21 +643,34 @@ class MQTTProtocol(Protocol):
         self._write(PINGRESP)  # [MQTT-3.12.4-1]
 
     def _on_disconnect(self, packet) -> None:
+        session, terms = self.session, self.terms
+        assert session is not None and terms is not None
         if self.protocol_level == MQTT_5:
             expiry = packet.properties.get(Property.SESSION_EXPIRY_INTERVAL)
             if expiry is not None:
-                if self.terms.expiry_interval == 0 and expiry != 0:  # [MQTT-3.14.2-2]
+                if terms.expiry_interval == 0 and expiry != 0:  # [MQTT-3.14.2-2]
                     raise PacketError(
                         "session expiry set on DISCONNECT after 0 in CONNECT",
                         ReasonCode.PROTOCOL_ERROR,
                     )
-                self.session.expiry_interval = None if expiry == NEVER_EXPIRES else float(expiry)
+                session.expiry_interval = None if expiry == NEVER_EXPIRES else float(expiry)
         # A clean DISCONNECT discards the will [MQTT-3.14.4-3]; 5.0 reason 0x04 keeps it.
         keep_will = self.protocol_level == MQTT_5 and packet.reason_code == 0x04
         self._end("client sent DISCONNECT", publish_will=keep_will)
 
     def _on_auth(self, packet) -> None:
         raise PacketError("AUTH without an authentication method", ReasonCode.PROTOCOL_ERROR)
+
+
+def _fitting(
+    encoder: Callable[[dict], bytes], properties: dict, max_packet_size: int | None
+) -> bytes:
+    """Encode with ``properties``, or without them if that packet would exceed the client's
+    Maximum Packet Size [MQTT-3.1.2-24] (they are only a Reason String here)."""
+    data = encoder(properties)
+    if properties and max_packet_size is not None and len(data) > max_packet_size:
+        data = encoder({})
+    return data
 
 
 #: packet type -> MQTTProtocol method (one table for all connections)

@@ -7,8 +7,10 @@ import re
 import sys
 
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from mqtt_twisted import __version__
 from mqtt_twisted.broker import Broker, BrokerConfig
@@ -55,8 +57,17 @@ def _bounded_int(low: int, high: int | None = None):
             raise ValueError(f"{value} is not between {low}{upper}")
         return value
 
-    coerce.coerceDoc = f"(an integer >= {low}" + (")" if high is None else f", <= {high})")
+    coerce.coerceDoc = (  # type: ignore[attr-defined]  # read by usage.Options
+        f"(an integer >= {low}" + (")" if high is None else f", <= {high})")
+    )
     return coerce
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError(f"{text} must not be negative")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -93,8 +104,25 @@ class Options(usage.Options):
             "max-queued-messages",
             None,
             1000,
-            "Messages queued per offline or slow client (0 = no limit).",
+            "Messages queued per client: a connected client whose queue is full holds its "
+            "publishers back, for --slow-client-grace seconds at most; then, and for offline "
+            "clients, messages beyond it are dropped (0 = no limit; holds at 1000).",
             _bounded_int(0),
+        ],
+        [
+            "max-queued-bytes",
+            None,
+            0,
+            "Payload bytes queued per client, a limit beside --max-queued-messages (0 = none).",
+            _bounded_int(0),
+        ],
+        [
+            "slow-client-grace",
+            None,
+            5.0,
+            "Seconds a subscriber with a full queue may hold its publishers back before it "
+            "counts as slow and messages beyond its queue are dropped (0 = drop at once).",
+            _non_negative_float,
         ],
         [
             "max-packet-size",
@@ -251,6 +279,8 @@ class Options(usage.Options):
             max_keepalive=self["max-keepalive"],
             max_inflight_messages=self["max-inflight-messages"],
             max_queued_messages=self["max-queued-messages"],
+            max_queued_bytes=self["max-queued-bytes"],
+            slow_client_grace=self["slow-client-grace"],
             max_packet_size=self["max-packet-size"],
             max_qos=self["max-qos"],
             retain_available=self["retain-available"],
@@ -291,17 +321,17 @@ class ListenerService(Service):
         self.factory = factory
         self.endpoint = endpoint
         self.port = None
-        self._listening_deferred = None
+        self._listening_deferred: Deferred | None = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        failures = []
-        self._listening_deferred = self.endpoint.listen(self.factory)
-        self._listening_deferred.addCallbacks(self._listening, failures.append)
+        failures: list[Failure] = []
+        listening = self._listening_deferred = self.endpoint.listen(self.factory)
+        listening.addCallbacks(self._listening, failures.append)
         if failures:  # failed at once (port in use, bad address): stop before the reactor runs
             self._log_failure(failures[0])
             raise SystemExit(1)
-        self._listening_deferred.addErrback(self._failed)
+        listening.addErrback(self._failed)
 
     def startService(self) -> None:
         if self._listening_deferred is None:
@@ -344,7 +374,7 @@ class BrokerService(MultiService):
     """The broker's top service; with ``--log-format json`` it gives twistd a JSON log observer."""
 
     broker: Broker
-    log_observer = None
+    log_observer: ILogObserver | None = None
 
     def startService(self) -> None:
         # Long-lived objects made at start-up leave the collector's view, and young

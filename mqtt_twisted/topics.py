@@ -376,9 +376,9 @@ class RetainedTree(Generic[V]):
                     if i or name[:1] != "$":  # [MQTT-4.7.2-1]
                         push(child)
             else:
-                child = children.get(level)
-                if child is not None:
-                    push(child)
+                found = children.get(level)
+                if found is not None:
+                    push(found)
         return iter(out)
 
     @staticmethod

@@ -31,7 +31,7 @@ def build_site(
     use_identity_as_username: bool = False,
 ) -> Site:
     """A ``Site`` whose ``/mqtt`` feeds WebSocket connections to ``broker``."""
-    root = dashboard_resource()  # web/: index.html and its modules at "/"
+    root: Resource | None = dashboard_resource()  # web/: index.html and its modules at "/"
     if root is None:  # the static files are not installed: a placeholder page
         root = Resource()
         root.putChild(

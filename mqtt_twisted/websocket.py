@@ -8,6 +8,7 @@ align with frames [MQTT-6.0.0-2], subprotocol ``mqtt`` (``mqttv3.1`` for old cli
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
@@ -32,6 +33,11 @@ class WebSocketTransport:
         self._websocket = websocket
         self.connected = True
         self.disconnecting = False
+
+    @property
+    def _stream(self) -> Any:
+        """The TCP or TLS transport under the WebSocket (a producer and a consumer)."""
+        return self._websocket.transport
 
     def write(self, data: bytes) -> None:
         if self.connected:
@@ -63,13 +69,24 @@ class WebSocketTransport:
         # Flow control comes from the TCP/TLS transport underneath. twisted.web's HTTPChannel
         # registered itself there before the upgrade and autobahn's WebSocketResource leaves it
         # registered, so take its place (registering on top of it raises RuntimeError).
-        transport = self._websocket.transport
+        transport = self._stream
         transport.unregisterProducer()
         transport.registerProducer(producer, streaming)
 
+    def pauseProducing(self) -> None:
+        """Stop reading the connection underneath (flow control of the MQTT input)."""
+        transport = self._stream
+        if transport is not None and self.connected:
+            transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        transport = self._stream
+        if transport is not None and self.connected:
+            transport.resumeProducing()
+
     def unregisterProducer(self) -> None:
-        if self._websocket.transport is not None:
-            self._websocket.transport.unregisterProducer()
+        if self._stream is not None:
+            self._stream.unregisterProducer()
 
 
 class MQTTWebSocketProtocol(WebSocketServerProtocol):
@@ -116,7 +133,7 @@ class MQTTWebSocketProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code, reason) -> None:
         mqtt, self.mqtt = self.mqtt, None
         if mqtt is not None:
-            mqtt.transport.connected = False
+            mqtt.transport.connected = False  # the adapter: a plain attribute
             mqtt.connectionLost(None)
 
 

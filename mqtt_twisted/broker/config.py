@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import attrs
 
+#: the high-water mark of a connected subscriber's queue when --max-queued-messages is 0
+DEFAULT_HIGH_WATER = 1000
+
 
 @attrs.define(frozen=True)
 class BrokerConfig:
@@ -14,6 +17,11 @@ class BrokerConfig:
     max_inflight_messages: int = 20
     #: queued messages per offline or slow client; 0 = no limit
     max_queued_messages: int = 1000
+    #: queued payload bytes per offline or slow client; 0 = no limit
+    max_queued_bytes: int = 0
+    #: seconds a connected subscriber whose queue is full may hold its publishers back
+    #: before it counts as slow and messages beyond its queue are dropped (0 = never hold)
+    slow_client_grace: float = 5.0
     max_packet_size: int = 2_000_000
     max_qos: int = 2
     retain_available: bool = True
@@ -28,3 +36,13 @@ class BrokerConfig:
     max_topic_alias_broker: int = 10
     #: MQTT 5: Response Information sent to clients that request it (PREFIX/CLIENT-ID); None = off
     response_information: str | None = None
+
+    @property
+    def queue_high_water(self) -> int:
+        """Queued messages at which a connected subscriber holds its publishers back."""
+        return self.max_queued_messages or DEFAULT_HIGH_WATER
+
+    @property
+    def queue_high_water_bytes(self) -> int:
+        """Queued payload bytes at which it does the same (0: bytes do not count)."""
+        return self.max_queued_bytes

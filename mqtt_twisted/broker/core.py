@@ -10,7 +10,7 @@ from twisted.logger import Logger
 
 from mqtt_twisted.broker.config import BrokerConfig
 from mqtt_twisted.broker.message import Message
-from mqtt_twisted.broker.session import Session, SessionConnection, SubscriptionOptions
+from mqtt_twisted.broker.session import Handover, Session, SessionConnection, SubscriptionOptions
 from mqtt_twisted.broker.shared import SharedSubscriptions
 from mqtt_twisted.broker.stats import BrokerStats
 from mqtt_twisted.broker.store import MemoryRetainedStore, RetainedStore
@@ -98,7 +98,7 @@ class Broker:
 
     def session_closed(self, session: Session, conn: SessionConnection, will: Will | None) -> None:
         """``conn`` ended; publish ``will`` (now or after its delay), keep or drop the session."""
-        handover: list = []
+        handover: list[Handover] = []
         if session.connection is conn:
             self.connected -= 1
             handover = session.detach()
@@ -118,8 +118,8 @@ class Broker:
                     session.expiry_call = self.clock.callLater(limit, self._expire, session)
         if will is not None:
             self.publish(self.will_message(will))
-        for message, _qos, _retain, group in handover:
-            if not self._deliver_shared(group, message):
+        for item in handover:
+            if not self._deliver_shared(item.group, item.message):
                 self.stats.publish_dropped += 1
 
     def will_message(self, will: Will) -> Message:
@@ -160,6 +160,7 @@ class Broker:
             else:
                 self.subscriptions.remove(topic_filter, session)
         session.subscriptions.clear()
+        session.clear()
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
         call = session.expiry_call
@@ -221,13 +222,15 @@ class Broker:
                         msg_qos if msg_qos < opts.qos else opts.qos,
                         retain and opts.retain_as_published,
                         (sid,) if sid else (),
+                        None,
+                        origin,
                     )
             else:
                 self._deliver_merged(message, matches, origin)
         if self.shared.groups:
             for groups in self.shared.match(message.topic):
                 for group in groups:
-                    matched = self._deliver_shared(group, message) or matched
+                    matched = self._deliver_shared(group, message, origin) or matched
         return matched
 
     def _deliver_merged(self, message: Message, matches: list, origin: Session | None) -> None:
@@ -254,9 +257,11 @@ class Broker:
                 msg_qos if msg_qos < qos else qos,
                 message.retain and as_published,
                 tuple(ids),
+                None,
+                origin,
             )
 
-    def _deliver_shared(self, group, message: Message) -> bool:
+    def _deliver_shared(self, group, message: Message, origin: Session | None = None) -> bool:
         """Give ``message`` to one member of a shared group; False if the group is empty."""
         member = group.pick()
         if member is None:
@@ -269,6 +274,7 @@ class Broker:
             message.retain and opts.retain_as_published,
             (sid,) if sid else (),
             group,
+            origin,
         )
         return True
 

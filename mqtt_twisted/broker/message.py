@@ -55,7 +55,7 @@ class Message:
             remaining = None
             if self.expires_at is not None:  # the remaining lifetime is sent [MQTT-3.3.2-6]
                 remaining = max(0, math.ceil(self.expires_at - now))
-            key = (True, qos, retain, dup, subscription_ids, alias, send_topic, remaining)
+            key: tuple = (True, qos, retain, dup, subscription_ids, alias, send_topic, remaining)
         else:
             key = (v5, qos, retain, dup)
             remaining = None

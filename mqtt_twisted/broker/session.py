@@ -7,7 +7,7 @@ it is attached to, and keeps its state while detached (persistent sessions).
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import attrs
 from twisted.logger import Logger
@@ -24,8 +24,34 @@ if TYPE_CHECKING:
 log = Logger()
 
 MAX_PACKET_ID = 65535
-#: queue entries: message, QoS, retain flag, subscription identifiers, shared group (or None)
-QueueItem = tuple[Message, int, bool, tuple[int, ...], Any]
+
+
+class Queued(NamedTuple):
+    """A message waiting in a session's queue, with what its delivery needs."""
+
+    message: Message
+    qos: int
+    retain: bool
+    subscription_ids: tuple[int, ...]
+    #: the shared subscription group it was picked for (None: an ordinary subscription)
+    group: Any
+
+
+class Handover(NamedTuple):
+    """A shared-subscription message a closing session gives back to its group."""
+
+    message: Message
+    group: Any
+
+
+class InputReader(Protocol):
+    """A publishing connection whose input a full subscriber may hold back."""
+
+    def hold_input(self, by: Session) -> None:
+        """Stop reading this connection's input until ``by`` releases it."""
+
+    def release_input(self, by: Session) -> None:
+        """``by`` no longer needs this connection to wait."""
 
 
 class SessionConnection(Protocol):
@@ -59,6 +85,12 @@ class SessionConnection(Protocol):
     def shut_down(self) -> None:
         """Close this connection because the broker is stopping."""
 
+    def hold_input(self, by: Session) -> None:
+        """Stop reading this connection's input until ``by`` releases it."""
+
+    def release_input(self, by: Session) -> None:
+        """``by`` no longer needs this connection to wait."""
+
 
 @attrs.define(eq=False)
 class SubscriptionOptions:
@@ -86,28 +118,22 @@ class Inflight:
 
 
 class Session:
-    """State of one client id, connected or not."""
+    """State of one client id, connected or not.
+
+    Flow control (see README, "Flow control"): while connected, a session whose queue
+    reaches the high-water mark holds back the connections that publish to it (their input
+    is paused, so TCP slows their clients) until the queue drains to the low-water mark. If
+    it stays full for ``slow_client_grace`` seconds the client counts as slow: the
+    publishers are released, and what does not fit in its queue is dropped and counted
+    until it catches up. Offline sessions drop what does not fit at once.
+    """
 
     __slots__ = (
-        "client_id",
-        "expiry_interval",
-        "subscriptions",
-        "connection",
-        "inflight",
-        "queue",
-        "awaiting_pubrel",
-        "expiry_call",
-        "delayed_will",
-        "will_call",
-        "dropped",
-        "_dropping",
-        "_next_id",
-        "_stats",
-        "_clock",
-        "_max_window",
-        "_window",
-        "_max_queued",
-    )
+        "client_id", "expiry_interval", "subscriptions", "connection", "inflight", "queue",
+        "awaiting_pubrel", "expiry_call", "delayed_will", "will_call", "dropped", "slow",
+        "holding", "_grace_call", "_dropping", "_next_id", "_stats", "_clock", "_config",
+        "_max_window", "_window", "_queued_bytes", "_inflight_bytes", "_high", "_high_bytes",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -125,7 +151,7 @@ class Session:
         #: outgoing QoS 1/2 messages by packet id, in the order they were sent
         self.inflight: dict[int, Inflight] = {}
         #: messages waiting for the in-flight window or for the client to come back
-        self.queue: deque[QueueItem] = deque()
+        self.queue: deque[Queued] = deque()
         #: incoming QoS 2 packet ids delivered but not yet released (PUBREL)
         self.awaiting_pubrel: set[int] = set()
         #: pending removal of a disconnected persistent session
@@ -133,17 +159,32 @@ class Session:
         #: a will waiting for its Will Delay Interval (MQTT 5)
         self.delayed_will: Will | None = None
         self.will_call: IDelayedCall | None = None
+        #: messages this client should have had and did not get
         self.dropped = 0
+        #: past its grace time with a full queue: drops instead of holding publishers
+        self.slow = False
+        #: publishing connections held back because this queue is full
+        self.holding: set[InputReader] = set()
+        self._grace_call: IDelayedCall | None = None
         self._dropping = False
         self._next_id = 1
         self._stats = stats
         self._clock = clock
+        self._config = config
         self._max_window = config.max_inflight_messages or MAX_PACKET_ID
         self._window = self._max_window
-        self._max_queued = config.max_queued_messages
+        self._queued_bytes = 0
+        self._inflight_bytes = 0
+        self._high = config.queue_high_water
+        self._high_bytes = config.queue_high_water_bytes
 
     def __repr__(self) -> str:
         return f"<Session {self.client_id!r}>"
+
+    @property
+    def queued_bytes(self) -> int:
+        """Payload bytes of the queued messages."""
+        return self._queued_bytes
 
     # -- delivery ----------------------------------------------------------------
 
@@ -154,8 +195,12 @@ class Session:
         retain: bool,
         subscription_ids: tuple[int, ...] = (),
         group: Any = None,
+        origin: Session | None = None,
     ) -> None:
-        """Send ``message`` at ``qos`` now if the client can take it, else queue it."""
+        """Send ``message`` at ``qos`` now if the client can take it, else queue it.
+
+        ``origin`` is the publisher's session: its connection is held back while this
+        session's queue is full (see the class docstring)."""
         conn = self.connection
         if qos == 0:
             if conn is None:
@@ -166,7 +211,7 @@ class Session:
         elif conn is not None and not self.queue and len(self.inflight) < self._window:
             self._send_new(conn, message, qos, retain, subscription_ids, group)
             return
-        self._enqueue((message, qos, retain, subscription_ids, group))
+        self._enqueue(Queued(message, qos, retain, subscription_ids, group), origin)
 
     def _send_qos0(
         self,
@@ -199,29 +244,136 @@ class Session:
             return
         packet_id = self._allocate_packet_id()
         self.inflight[packet_id] = Inflight(message, qos, retain, subscription_ids, group)
-        conn.write_publish(parts[0], packet_id, parts[1])
+        size = len(message.payload)
+        self._inflight_bytes += size
         stats = self._stats
+        stats.stored_messages += 1
+        stats.stored_bytes += size
+        conn.write_publish(parts[0], packet_id, parts[1])
         stats.publish_sent += 1
-        stats.publish_bytes_sent += len(message.payload)
+        stats.publish_bytes_sent += size
 
     def _drop_oversized(self) -> None:
         """Larger than the client's Maximum Packet Size: dropped for it [MQTT-3.1.2-25]."""
         self.dropped += 1
         self._stats.publish_dropped += 1
 
-    def _enqueue(self, item: QueueItem) -> None:
-        if self._max_queued and len(self.queue) >= self._max_queued:
-            self.dropped += 1
-            self._stats.publish_dropped += 1
-            if not self._dropping:
-                self._dropping = True
-                log.warn(
-                    "queue of client {client_id} is full ({limit} messages): dropping messages",
-                    client_id=self.client_id,
-                    limit=self._max_queued,
-                )
-            return
+    def _full(self, size: int) -> bool:
+        """Whether a message of ``size`` payload bytes does not fit in the queue."""
+        queue = self.queue
+        if len(queue) >= self._high:
+            return True
+        high_bytes = self._high_bytes
+        return bool(high_bytes and queue) and self._queued_bytes + size > high_bytes
+
+    def _enqueue(self, item: Queued, origin: Session | None) -> None:
+        if self._full(len(item.message.payload)):
+            if self.connection is not None and not self.slow:
+                # Connected and within its grace time: keep the message and hold back its
+                # publisher, so the queue exceeds the limit by at most one message per
+                # publisher.
+                self._hold(origin)
+            if self.connection is None or self.slow:
+                self._drop()
+                return
+        self._push(item)
+
+    def _push(self, item: Queued) -> None:
         self.queue.append(item)
+        size = len(item.message.payload)
+        self._queued_bytes += size
+        stats = self._stats
+        stats.stored_messages += 1
+        stats.stored_bytes += size
+
+    def _pop(self) -> Queued:
+        item = self.queue.popleft()
+        size = len(item.message.payload)
+        self._queued_bytes -= size
+        stats = self._stats
+        stats.stored_messages -= 1
+        stats.stored_bytes -= size
+        return item
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        self._stats.publish_dropped += 1
+        if not self._dropping:
+            self._dropping = True
+            log.warn(
+                "queue of client {client_id} is full ({limit} messages, {size} bytes): "
+                "dropping messages ({dropped} dropped for it so far)",
+                client_id=self.client_id,
+                limit=len(self.queue),
+                size=self._queued_bytes,
+                dropped=self.dropped,
+            )
+
+    # -- flow control ---------------------------------------------------------------
+
+    def _hold(self, origin: Session | None) -> None:
+        """The queue is full: start the grace time and hold the publisher back."""
+        if self._grace_call is None:
+            grace = self._config.slow_client_grace
+            if grace <= 0:
+                self._become_slow()
+                return
+            self._grace_call = self._clock.callLater(grace, self._become_slow)
+        if origin is None or origin is self:
+            return  # a will, $SYS, a retained burst; or its own input, which carries its acks
+        reader = origin.connection
+        if reader is not None and reader not in self.holding:
+            self.holding.add(reader)
+            reader.hold_input(self)
+
+    def _become_slow(self) -> None:
+        """The grace time is over and the queue is still full: stop holding, start dropping."""
+        self._grace_call = None
+        if self.slow:
+            return
+        self.slow = True
+        self._stats.clients_slow += 1
+        log.warn(
+            "client {client_id} is slower than its publishers for {grace:g} s: they are no "
+            "longer held back for it and messages beyond its queue are dropped",
+            client_id=self.client_id,
+            grace=self._config.slow_client_grace,
+        )
+        self._release_publishers()
+
+    def _release_publishers(self) -> None:
+        holding = self.holding
+        if holding:
+            self.holding = set()
+            for reader in holding:
+                reader.release_input(self)
+
+    def _caught_up(self) -> None:
+        """The queue drained to the low-water mark: publishers flow again, no longer slow."""
+        call = self._grace_call
+        if call is not None:
+            self._grace_call = None
+            if call.active():
+                call.cancel()
+        self._release_publishers()
+        if self.slow:
+            self.slow = False
+            self._stats.clients_slow -= 1
+            log.info(
+                "client {client_id} caught up ({dropped} messages dropped for it so far)",
+                client_id=self.client_id,
+                dropped=self.dropped,
+            )
+        self._dropping = False
+
+    def forget_reader(self, reader: InputReader) -> None:
+        """A held publisher's connection ended."""
+        self.holding.discard(reader)
+
+    def _end_flow_control(self) -> None:
+        """The connection ended: nothing is held for an offline session."""
+        if self.holding or self.slow or self._grace_call is not None:
+            self._caught_up()
 
     def drain(self) -> None:
         """Move queued messages to the client while its window and buffer allow, in order."""
@@ -236,20 +388,23 @@ class Session:
                 if now is None:
                     now = self._clock.seconds()
                 if message.expired(now):  # never delivered once expired [MQTT-3.3.2-5]
-                    queue.popleft()
+                    self._pop()
                     continue
             if qos == 0:
                 if conn.paused:
                     break
-                queue.popleft()
+                self._pop()
                 self._send_qos0(conn, message, retain, subscription_ids)
             else:
                 if len(self.inflight) >= self._window:
                     break
-                queue.popleft()
+                self._pop()
                 self._send_new(conn, message, qos, retain, subscription_ids, group)
-        if self._dropping and len(queue) < self._max_queued:
-            self._dropping = False
+        if len(queue) <= self._high // 2 and (
+            not self._high_bytes or self._queued_bytes <= self._high_bytes // 2
+        ):
+            if self.holding or self.slow or self._grace_call is not None or self._dropping:
+                self._caught_up()
 
     def _allocate_packet_id(self) -> int:
         """The next packet id not in flight (never reuses one still unacknowledged)."""
@@ -262,14 +417,22 @@ class Session:
 
     # -- acknowledgements from the client ------------------------------------------
 
+    def _acknowledged(self, packet_id: int, entry: Inflight) -> None:
+        del self.inflight[packet_id]
+        size = len(entry.message.payload)
+        self._inflight_bytes -= size
+        stats = self._stats
+        stats.stored_messages -= 1
+        stats.stored_bytes -= size
+        if self.queue:
+            self.drain()
+
     def puback(self, packet_id: int) -> bool:
         """PUBACK for a QoS 1 message; False if no such message was in flight."""
         entry = self.inflight.get(packet_id)
         if entry is None or entry.qos != 1:
             return False
-        del self.inflight[packet_id]
-        if self.queue:
-            self.drain()
+        self._acknowledged(packet_id, entry)
         return True
 
     def pubrec(self, packet_id: int, failed: bool = False) -> bool:
@@ -280,9 +443,7 @@ class Session:
         if entry is None or entry.qos != 2:
             return False
         if failed:
-            del self.inflight[packet_id]
-            if self.queue:
-                self.drain()
+            self._acknowledged(packet_id, entry)
             return True
         entry.released = True
         if self.connection is not None:
@@ -294,9 +455,7 @@ class Session:
         entry = self.inflight.get(packet_id)
         if entry is None or entry.qos != 2 or not entry.released:
             return False
-        del self.inflight[packet_id]
-        if self.queue:
-            self.drain()
+        self._acknowledged(packet_id, entry)
         return True
 
     # -- connection changes -----------------------------------------------------------
@@ -320,7 +479,7 @@ class Session:
                     conn.write_publish(parts[0], packet_id, parts[1])
         self.drain()
 
-    def detach(self) -> list[tuple[Message, int, bool, Any]]:
+    def detach(self) -> list[Handover]:
         """The connection ended. QoS 0 messages waiting for a slow reader are dropped.
 
         Returns the messages sent for shared subscriptions and not yet received by the
@@ -328,19 +487,33 @@ class Session:
         member of their group. They are removed from this session.
         """
         self.connection = None
-        handover: list[tuple[Message, int, bool, Any]] = []
-        if any(item[1] == 0 or item[4] is not None for item in self.queue):
-            kept: deque[QueueItem] = deque()
-            for item in self.queue:
-                if item[4] is not None:
-                    handover.append((item[0], item[1], item[2], item[4]))
-                elif item[1]:
+        self._end_flow_control()
+        handover: list[Handover] = []
+        if any(item.qos == 0 or item.group is not None for item in self.queue):
+            kept: deque[Queued] = deque()
+            while self.queue:
+                item = self._pop()
+                if item.group is not None:
+                    handover.append(Handover(item.message, item.group))
+                elif item.qos:
                     kept.append(item)
                 else:
+                    self.dropped += 1
                     self._stats.publish_dropped += 1
-            self.queue = kept
+            for item in kept:
+                self._push(item)
         for packet_id, entry in list(self.inflight.items()):
             if entry.group is not None and not entry.released:
-                del self.inflight[packet_id]
-                handover.append((entry.message, entry.qos, entry.retain, entry.group))
+                self._acknowledged(packet_id, entry)
+                handover.append(Handover(entry.message, entry.group))
         return handover
+
+    def clear(self) -> None:
+        """The session ends: what it held is no longer stored."""
+        self._end_flow_control()
+        stats = self._stats
+        stats.stored_messages -= len(self.queue) + len(self.inflight)
+        stats.stored_bytes -= self._queued_bytes + self._inflight_bytes
+        self.queue.clear()
+        self.inflight.clear()
+        self._queued_bytes = self._inflight_bytes = 0

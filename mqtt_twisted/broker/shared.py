@@ -51,6 +51,14 @@ class SharedGroup:
         return session, self.members[session]
 
 
+def _split(share_filter: str) -> tuple[str, str]:
+    """``$share/NAME/FILTER`` (already validated) as ``(NAME, FILTER)``."""
+    parts = parse_shared_subscription(share_filter)
+    if parts is None:
+        raise ValueError(f"not a shared subscription: {share_filter!r}")
+    return parts
+
+
 class SharedSubscriptions:
     """Every shared group, in a trie of their filters."""
 
@@ -63,7 +71,7 @@ class SharedSubscriptions:
 
     def add(self, share_filter: str, session: Session, options: SubscriptionOptions) -> None:
         """Subscribe ``session`` to ``$share/NAME/FILTER``."""
-        name, topic_filter = parse_shared_subscription(share_filter)
+        name, topic_filter = _split(share_filter)
         group = self.groups.get((name, topic_filter))
         if group is None:
             group = self.groups[(name, topic_filter)] = SharedGroup(name, topic_filter)
@@ -72,7 +80,7 @@ class SharedSubscriptions:
 
     def remove(self, share_filter: str, session: Session) -> None:
         """Unsubscribe ``session``; an empty group is removed."""
-        name, topic_filter = parse_shared_subscription(share_filter)
+        name, topic_filter = _split(share_filter)
         group = self.groups.get((name, topic_filter))
         if group is None:
             return

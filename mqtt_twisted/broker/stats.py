@@ -26,5 +26,13 @@ class BrokerStats:
     sockets_total: int = 0
     clients_expired: int = 0
     clients_maximum: int = 0
+    #: messages held for clients (queued or in flight) and their payload bytes, kept up to
+    #: date on every enqueue and dequeue
+    stored_messages: int = 0
+    stored_bytes: int = 0
+    #: connected clients past their grace time whose queue drops what does not fit
+    clients_slow: int = 0
+    #: connections whose input is paused because a subscriber they feed is full
+    connections_held: int = 0
     #: open network connections by listener name
     listener_connections: dict[str, int] = attrs.field(factory=dict)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
 
 from mqtt_twisted import __version__
 from mqtt_twisted.broker.core import Broker
 from mqtt_twisted.broker.message import Message
+
+log = Logger()
 
 PREFIX = "$SYS/broker/"
 LOAD_WINDOWS = (("1min", 60.0), ("5min", 300.0), ("15min", 900.0))
@@ -41,7 +44,7 @@ class SysTopics:
         self._previous_counts: dict[str, int] = {}
         self._load: dict[tuple[str, str], float] = {}
         self._last_tick = self.clock.seconds()
-        self._call = None
+        self._call: IDelayedCall | None = None
 
     def start(self) -> None:
         """Publish the static topics and the first figures, then every interval."""
@@ -58,10 +61,17 @@ class SysTopics:
         self._call = None
 
     def tick(self) -> None:
-        """Publish what changed and schedule the next tick."""
-        for name, value in self.values().items():
-            self._publish(name, value)
-        self._call = self.clock.callLater(self.interval, self.tick)
+        """Publish what changed and schedule the next tick; a failing tick is logged and
+        the next one still comes (``$SYS`` and the dashboard never freeze)."""
+        try:
+            for name, value in self.values().items():
+                self._publish(name, value)
+        except Exception:
+            log.failure(
+                "$SYS update failed; trying again in {interval:g} s", interval=self.interval
+            )
+        finally:
+            self._call = self.clock.callLater(self.interval, self.tick)
 
     def _publish(self, name: str, value: str) -> None:
         if self._last.get(name) == value:
@@ -74,10 +84,7 @@ class SysTopics:
         broker = self.broker
         stats = broker.stats
         sessions = broker.sessions
-        queued = sum(len(s.queue) + len(s.inflight) for s in sessions.values())
-        queued_bytes = sum(
-            len(m.payload) for s in sessions.values() for m, _qos, _retain in s.queue
-        ) + sum(len(e.message.payload) for s in sessions.values() for e in s.inflight.values())
+        stored = stats.stored_messages + len(broker.retained)
         values = {
             "uptime": f"{int(self.clock.seconds() - broker.started)} seconds",
             "clients/connected": str(broker.connected),
@@ -89,7 +96,7 @@ class SysTopics:
             "clients/expired": str(stats.clients_expired),
             "messages/received": str(stats.messages_received),
             "messages/sent": str(stats.messages_sent),
-            "messages/stored": str(queued + len(broker.retained)),
+            "messages/stored": str(stored),
             "publish/messages/received": str(stats.publish_received),
             "publish/messages/sent": str(stats.publish_sent),
             "publish/messages/dropped": str(stats.publish_dropped),
@@ -99,8 +106,10 @@ class SysTopics:
             "bytes/sent": str(stats.bytes_sent),
             "subscriptions/count": str(len(broker.subscriptions)),
             "retained messages/count": str(len(broker.retained)),
-            "store/messages/count": str(queued + len(broker.retained)),
-            "store/messages/bytes": str(queued_bytes),
+            "store/messages/count": str(stored),
+            "store/messages/bytes": str(stats.stored_bytes),
+            "clients/slow": str(stats.clients_slow),
+            "connections/held": str(stats.connections_held),
         }
         values.update(self._loads())
         return values

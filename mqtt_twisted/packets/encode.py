@@ -65,7 +65,7 @@ def encode_publish_parts(
     and ``head + tail`` when qos == 0. ``topic`` may be pre-encoded UTF-8.
     """
     if topic.__class__ is str:
-        topic = topic.encode()  # type: ignore[union-attr]
+        topic = topic.encode()
     if protocol_level == 5:
         tail = (encode_properties(properties) if properties else b"\x00") + payload
     elif payload.__class__ is bytes:

@@ -18,7 +18,7 @@ _PROTO = int(ReasonCode.PROTOCOL_ERROR)
 T = PacketType
 
 
-def _table(allowed: set[int]) -> tuple[int, ...]:
+def _table(allowed: set[PacketType]) -> tuple[int, ...]:
     """Per packet type: 0 if it may be received, else the reason code to fail with."""
     out = []
     for t in range(16):
@@ -49,20 +49,29 @@ _CLIENT_3 = _table(_SERVER_TO_CLIENT)
 _CLIENT_5 = _table(_SERVER_TO_CLIENT | {T.DISCONNECT, T.AUTH})
 
 
-def _bad_flags(b0: int) -> bool:
-    """Whether a first byte's flag nibble is invalid for its packet type."""
+def _bad_flags(b0: int, mqtt31: bool = False) -> bool:
+    """Whether a first byte's flag nibble is invalid for its packet type.
+
+    MQTT 3.1 (protocol level 3) sends PUBREL, SUBSCRIBE and UNSUBSCRIBE with QoS 1 and sets
+    DUP when it re-sends them (3.1 spec, section 2.1 "DUP"), so DUP is allowed there; the
+    fixed-flags rules [MQTT-3.6.1-1], [MQTT-3.8.1-1], [MQTT-3.10.1-1] are 3.1.1's.
+    """
     ptype = b0 >> 4
     flags = b0 & 0x0F
     if ptype == T.PUBLISH:
         qos = (flags >> 1) & 3
         return qos == 3 or (qos == 0 and bool(flags & 0x08))  # [MQTT-3.3.1-4], [MQTT-3.3.1-2]
     if ptype in (T.PUBREL, T.SUBSCRIBE, T.UNSUBSCRIBE):
+        if mqtt31:
+            flags &= ~0x08
         return flags != 0x02  # [MQTT-3.6.1-1], [MQTT-3.8.1-1], [MQTT-3.10.1-1]
     return flags != 0  # [MQTT-2.2.2-1/2]
 
 
-#: _BAD_FLAGS[first byte] is True when its fixed header flags are invalid.
+#: _BAD_FLAGS[first byte] is True when its fixed header flags are invalid (3.1.1 and 5.0).
 _BAD_FLAGS = tuple(_bad_flags(b) for b in range(256))
+#: the same for MQTT 3.1, where re-sent PUBREL / SUBSCRIBE / UNSUBSCRIBE carry DUP
+_BAD_FLAGS_31 = tuple(_bad_flags(b, mqtt31=True) for b in range(256))
 
 
 class Parser:
@@ -84,6 +93,7 @@ class Parser:
         "_error",
         "_tlevel",
         "_types",
+        "_flags",
     )
 
     def __init__(
@@ -104,6 +114,12 @@ class Parser:
         self._error: PacketError | None = None
         self._tlevel: Any = object()  # protocol level _types was computed for
         self._types: tuple[int, ...] = ()
+        self._flags: tuple[bool, ...] = _BAD_FLAGS
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as packets (part of a packet, or more)."""
+        return len(self._buf) - self._pos
 
     def feed(self, data: bytes) -> None:
         """Append received bytes (any chunking)."""
@@ -122,7 +138,7 @@ class Parser:
             self._pos = 0
         else:
             # A bytearray only ever holds an incomplete packet from offset 0.
-            buf += data  # type: ignore[operator]
+            buf += data
 
     def _type_table(self) -> tuple[int, ...]:
         level = self.protocol_level
@@ -134,6 +150,7 @@ class Parser:
         else:
             table = _SERVER_5 if level == MQTT_5 else _SERVER_3
         self._types = table
+        self._flags = _BAD_FLAGS_31 if level == 3 else _BAD_FLAGS
         return table
 
     def _type_error(self, b0: int) -> PacketError:
@@ -174,7 +191,7 @@ class Parser:
                 if level != self._tlevel:
                     self._type_table()
                 # Packet type allowed here, fixed header flags valid [MQTT-2.2.2-1/2]:
-                if self._types[b0 >> 4] or _BAD_FLAGS[b0]:
+                if self._types[b0 >> 4] or self._flags[b0]:
                     raise self._type_error(b0)
                 if avail < 2:
                     return None
@@ -227,7 +244,7 @@ class Parser:
             if p > end:
                 raise malformed("PUBLISH topic exceeds the packet")
             try:
-                topic = buf[start + 2 : p].decode("utf-8")  # type: ignore[union-attr]
+                topic = buf[start + 2 : p].decode("utf-8")
             except UnicodeDecodeError:
                 raise malformed("invalid UTF-8 topic name") from None  # [MQTT-1.5.3-1]
             if "\x00" in topic:
@@ -245,7 +262,7 @@ class Parser:
                 if p >= end:
                     raise malformed("PUBLISH property length missing")
                 if buf[p]:
-                    r = Reader(buf, p, end)  # type: ignore[arg-type]
+                    r = Reader(buf, p, end)
                     props = decode_properties(r, 3)
                     p = r.pos
                 else:

@@ -140,7 +140,8 @@ def decode_properties(r: Reader, packet_type: int) -> dict[int, Any]:
         if ptype is None:
             raise malformed(f"unknown property identifier 0x{pid:02X}")
         if pid not in allowed:
-            raise protocol_error(f"property 0x{pid:02X} not allowed in packet type {packet_type}")
+            # A property not valid in its packet type makes it malformed (MQTT 5.0, 2.2.2.2).
+            raise malformed(f"property 0x{pid:02X} not allowed in packet type {packet_type}")
         if ptype == T_BYTE:
             value: Any = sub.u8()
         elif ptype == T_STR:

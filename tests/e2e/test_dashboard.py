@@ -12,9 +12,12 @@ import pytest
 
 from mqtt_twisted import __version__
 
-from .browser import (
+from .browser import (  # noqa: F401  (pytest fixtures)
     REPO,
     AuthGate,
+    broker_process,
+    chromium,
+    page,
     paho,  # noqa: F401
     wait_for_state,
 )

@@ -11,10 +11,14 @@ import pytest
 
 from mqtt_twisted.packets import Parser
 
-from .browser import (
+from .browser import (  # noqa: F401  (pytest fixtures)
     AuthGate,
+    broker_process,
+    chromium,
     free_port,  # noqa: F401
     open_test_page,
+    page,
+    paho,
 )
 from .mqttclient import connect_bytes
 

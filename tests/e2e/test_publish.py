@@ -11,7 +11,9 @@ from .mqttclient import (
     PUBREL,
     ack_packet,
     get,
+    mqtt_string,
     nothing_in,
+    packet,
     parse_publish,
     publish_packet,
     raw_connect,
@@ -213,3 +215,26 @@ async def test_payloads_are_passed_unchanged(broker, clients):
         await pub.publish("bin/t", payload, qos=1)
     received = [(await sub.message()).payload for _ in payloads]
     assert received == payloads
+
+
+@pytest_twisted.ensureDeferred
+async def test_mqtt31_client_resending_with_dup_completes_its_qos2_message(broker, raw):
+    """An MQTT 3.1 client that re-sends PUBREL, SUBSCRIBE and UNSUBSCRIBE sets DUP (3.1
+    spec, section 2.1 "DUP"): they are answered, not refused as malformed (the fixed-flags
+    rules [MQTT-3.6.1-1], [MQTT-3.8.1-1], [MQTT-3.10.1-1] are 3.1.1's), and its QoS 2
+    message is delivered exactly once."""
+    sub = raw(broker.port)
+    await raw_connect(sub, "sub31", level=3)
+    sub.send(packet(0x8A, (1).to_bytes(2, "big") + mqtt_string("dup/t") + b"\x02"))
+    suback = await read_packet(sub)
+    assert suback == (0x90, b"\x00\x01\x02")
+    pub = raw(broker.port)
+    await raw_connect(pub, "pub31", level=3)
+    pub.send(publish_packet("dup/t", b"once", qos=2, packet_id=5))
+    assert await read_packet(pub) == (PUBREC, b"\x00\x05")
+    pub.send(ack_packet(PUBREL | 0x08, 5))  # re-sent PUBREL: DUP set
+    assert await read_packet(pub) == (PUBCOMP, b"\x00\x05")
+    delivered = parse_publish(*await read_packet(sub))
+    assert delivered.payload == b"once" and delivered.qos == 2
+    sub.send(packet(0xAA, (2).to_bytes(2, "big") + mqtt_string("dup/t")))  # UNSUBSCRIBE, DUP
+    assert await read_packet(sub) == (0xB0, b"\x00\x02")

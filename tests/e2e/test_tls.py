@@ -19,11 +19,13 @@ from twisted.python import usage
 from mqtt_twisted.tap import Options
 
 from .mqttclient import connect_packet, get, no_reconnect
-from .transports import (
+from .transports import (  # noqa: F401  (pytest fixtures)
     TCP_ENDPOINT,
+    certificates,
     client_context,
     serve,  # noqa: F401
     ssl_endpoint,
+    tclients,
     tls_exchange,
 )
 

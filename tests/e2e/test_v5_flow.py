@@ -221,15 +221,14 @@ async def test_malformed_packet(broker, raw, data):
 
 @pytest_twisted.ensureDeferred
 async def test_property_not_allowed_in_packet_type(broker, raw):
-    """A PUBLISH carrying a CONNECT-only property (Session Expiry Interval): DISCONNECT 0x82
-    Protocol Error, as Mosquitto 2.x answers (its property check returns a protocol error).
-    Spec 2.2.2.2 calls such a packet malformed (0x81); the codec deliberately follows
-    Mosquitto here (tests/unit/test_codec_properties.py)."""
+    """A PUBLISH carrying a CONNECT-only property (Session Expiry Interval): the packet is
+    malformed (MQTT 5.0 section 2.2.2.2: a property not valid in its packet type), so
+    DISCONNECT 0x81 Malformed Packet [MQTT-4.13.1-1]."""
     sock = raw(broker.port)
     await raw_v5_connect(sock, "misplaced")
     sock.send(b"\x30\x07\x00\x01a\x03\x11\x00\x00")
     disconnect = await server_disconnect(sock)
-    assert disconnect.reason_code == ReasonCode.PROTOCOL_ERROR
+    assert disconnect.reason_code == ReasonCode.MALFORMED_PACKET
 
 
 @pytest_twisted.ensureDeferred

@@ -18,10 +18,14 @@ from twisted.internet.threads import deferToThread
 from mqtt_twisted.packets import Connect, Subscribe, SubscriptionRequest, Will, encode
 
 from .mqttclient import connect_bytes, packet, publish_packet, subscribe_bytes
-from .transports import (
+from .transports import (  # noqa: F401  (pytest fixtures)
     TCP_ENDPOINT,
+    certificates,
+    listen,
     serve,  # noqa: F401
     ssl_endpoint,
+    tclients,
+    websockets,
 )
 
 CONNACK_OK = b"\x20\x02\x00\x00"

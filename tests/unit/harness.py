@@ -6,6 +6,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from mqtt_twisted.broker import Broker, BrokerConfig
+from mqtt_twisted.inputgate import LINGER_SECONDS
 from mqtt_twisted.packets import Connect, Parser, encode
 from mqtt_twisted.protocol import MQTTProtocol
 
@@ -42,6 +43,14 @@ class FakeClient:
 
     @property
     def closed(self) -> bool:
+        return self.transport.disconnecting
+
+    def closes_after_linger(self, clock) -> bool:
+        """Told why it is closed (a DISCONNECT or refusing CONNACK), the connection first
+        lingers so the client can read the reason, then closes."""
+        if self.transport.disconnecting:
+            return False
+        clock.advance(LINGER_SECONDS)
         return self.transport.disconnecting
 
     def lose(self) -> None:

@@ -164,6 +164,24 @@ def test_fixed_header_flags(b0: int) -> None:
     fails(bytes([b0, 0]), MAL, MQTT_3_1_1)
 
 
+@pytest.mark.parametrize("level", [MQTT_3_1_1, MQTT_5])
+def test_dup_on_pubrel_subscribe_unsubscribe_is_malformed_from_3_1_1_on(level: int) -> None:
+    # [MQTT-3.6.1-1], [MQTT-3.8.1-1], [MQTT-3.10.1-1]: the flags are exactly 0010.
+    fails(frame(0x6A, b"\x00\x01"), MAL, level)
+
+
+def test_mqtt_3_1_resends_pubrel_subscribe_unsubscribe_with_dup() -> None:
+    """MQTT 3.1 (section 2.1, "DUP"): a client re-sending PUBREL, SUBSCRIBE or UNSUBSCRIBE
+    sets DUP; the 3.1.1 fixed-flags rules do not apply to protocol level 3."""
+    assert parse(frame(0x6A, b"\x00\x07"), MQTT_3_1) == [PubRel(7)]
+    (subscribe,) = parse(frame(0x8A, b"\x00\x02" + s("a/b") + b"\x01"), MQTT_3_1)
+    assert subscribe == Subscribe(2, [SubscriptionRequest("a/b", 1)])
+    (unsubscribe,) = parse(frame(0xAA, b"\x00\x03" + s("a/b")), MQTT_3_1)
+    assert unsubscribe.packet_id == 3 and unsubscribe.topic_filters == ["a/b"]
+    fails(frame(0x6B, b"\x00\x01"), MAL, MQTT_3_1)  # other flags stay invalid
+    fails(frame(0x60, b"\x00\x01"), MAL, MQTT_3_1)
+
+
 def test_connect_fixed_header_flags() -> None:  # [MQTT-2.2.2-2]
     fails(b"\x11" + connect()[1:], MAL)
 

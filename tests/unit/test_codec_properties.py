@@ -52,18 +52,19 @@ def test_unknown_property_is_malformed() -> None:  # spec 2.2.2.2
         b"\xf0\x04\x18\x02\x01\x00",  # PAYLOAD_FORMAT_INDICATOR in AUTH
     ],
 )
-def test_property_not_allowed_is_protocol_error(data: bytes) -> None:
-    # Spec 2.2.2.2: a property not allowed in that packet.
-    fails(data, PROTO, None if data[0] == 0x10 else MQTT_5)
+def test_property_not_allowed_is_malformed(data: bytes) -> None:
+    # MQTT 5.0 section 2.2.2.2: a property not valid in its packet type makes the packet
+    # malformed (0x81), not a protocol error.
+    fails(data, MAL, None if data[0] == 0x10 else MQTT_5)
 
 
 def test_will_property_not_allowed() -> None:  # TOPIC_ALIAS in will properties
     payload = s("cid") + b"\x03\x23\x00\x01" + s("wt") + s("wp")
-    fails(connect(level=5, flags=0x06, payload=payload), PROTO)
+    fails(connect(level=5, flags=0x06, payload=payload), MAL)
 
 
 def test_connack_property_not_allowed_client_side() -> None:
-    client_fails(frame(0x20, b"\x00\x00\x02\x17\x01"), PROTO, MQTT_5)  # REQUEST_PROBLEM_INFO
+    client_fails(frame(0x20, b"\x00\x00\x02\x17\x01"), MAL, MQTT_5)  # REQUEST_PROBLEM_INFO
 
 
 @pytest.mark.parametrize(
@@ -203,7 +204,7 @@ def _with_props(where: str, lp: bytes) -> tuple[bytes, bool]:
 
 @pytest.mark.parametrize("where", sorted(ALL))
 def test_allowed_properties_match_spec_table(where: str) -> None:
-    """Each property decodes where the spec table allows it, else Protocol Error."""
+    """Each property decodes where the spec table allows it, else Malformed Packet (2.2.2.2)."""
     for pid, (value, allowed) in SPEC_TABLE.items():
         prop = bytes([pid]) + value
         wire, client_side = _with_props(where, encode_varint(len(prop)) + prop)
@@ -213,7 +214,7 @@ def test_allowed_properties_match_spec_table(where: str) -> None:
             props = pkt.will.properties if where == "WILL" else pkt.properties
             assert list(props) == [pid], (where, hex(pid))
         else:
-            fails(wire, PROTO, level, client_side=client_side)
+            fails(wire, MAL, level, client_side=client_side)
 
 
 def test_spec_table_covers_every_property() -> None:

@@ -141,7 +141,7 @@ def test_disconnect_expiry_after_connect_0_is_a_protocol_error():
     client.send(Disconnect(0, {SEI: 30}))
     (disconnect,) = client.received()
     assert disconnect.reason_code == ReasonCode.PROTOCOL_ERROR
-    assert client.closed
+    assert client.closes_after_linger(clock)
     assert "sneaky" not in broker.sessions
 
 
@@ -248,7 +248,7 @@ def test_server_keep_alive_is_announced_and_enforced():
     clock.advance(44.9)
     assert not client.closed
     clock.advance(0.2)
-    assert client.closed
+    assert client.closes_after_linger(clock)
     (disconnect,) = client.received()
     assert disconnect.reason_code == ReasonCode.KEEP_ALIVE_TIMEOUT
 
@@ -259,7 +259,7 @@ def test_server_keep_alive_for_keep_alive_0():
     client, connack = connack_of(broker, 0)
     assert connack.properties[Property.SERVER_KEEP_ALIVE] == 30
     clock.advance(45.1)
-    assert client.closed
+    assert client.closes_after_linger(clock)
 
 
 def test_keep_alive_within_limit_has_no_server_keep_alive():
@@ -267,7 +267,7 @@ def test_keep_alive_within_limit_has_no_server_keep_alive():
     client, connack = connack_of(broker, 10)
     assert Property.SERVER_KEEP_ALIVE not in connack.properties
     clock.advance(15.1)
-    assert client.closed
+    assert client.closes_after_linger(clock)
 
 
 def test_keep_alive_timeout_without_problem_information_has_no_reason_string():
@@ -335,7 +335,7 @@ def test_broker_receive_maximum_for_qos2():
     client.send(Publish("t", b"d", qos=2, packet_id=4))
     (disconnect,) = client.received()
     assert disconnect.reason_code == ReasonCode.RECEIVE_MAXIMUM_EXCEEDED
-    assert client.closed
+    assert client.closes_after_linger(clock)
 
 
 def test_resent_qos2_publish_does_not_count_twice():
