@@ -37,7 +37,7 @@ LINGER_BYTES = 1 << 20
 class InputGate:
     """Pauses and resumes one connection's reading; calls ``resume`` when it may go on."""
 
-    __slots__ = ("held_by", "_transport", "_clock", "_stats", "_resume", "_turn", "_paused")
+    __slots__ = ("held_by", "open", "_transport", "_clock", "_stats", "_resume", "_turn", "_paused")
 
     def __init__(
         self,
@@ -48,6 +48,9 @@ class InputGate:
     ) -> None:
         #: the sessions (full subscribers) holding this connection's input
         self.held_by: set[Any] = set()
+        #: whether buffered packets may be handled now (nobody holds it, no turn pending);
+        #: an attribute, not a property: it is read once per packet
+        self.open = True
         self._transport = transport
         self._clock = clock
         self._stats = stats
@@ -55,17 +58,13 @@ class InputGate:
         self._turn: IDelayedCall | None = None
         self._paused = False
 
-    @property
-    def open(self) -> bool:
-        """Whether buffered packets may be handled now."""
-        return not self.held_by and self._turn is None
-
     def hold(self, by: Any) -> None:
         """``by`` is full: stop reading until it releases this connection."""
         held_by = self.held_by
         if by in held_by:
             return
         held_by.add(by)
+        self.open = False
         if len(held_by) == 1:
             self._stats.connections_held += 1
             self._pause()
@@ -78,19 +77,21 @@ class InputGate:
         held_by.discard(by)
         if not held_by:
             self._stats.connections_held -= 1
-            if self._turn is None:
-                self._unpause()
-                self._resume()
+            # Go on from the reactor, not from inside the subscriber's handler that
+            # released us: no re-entrant packet handling, and everyone gets a turn.
+            self.next_turn()
 
     def next_turn(self) -> None:
-        """Handle the rest of the buffered packets on the next reactor turn."""
+        """Handle the (rest of the) buffered packets on the next reactor turn."""
         if self._turn is None:
+            self.open = False
             self._pause()
             self._turn = self._clock.callLater(0, self._next_turn)
 
     def _next_turn(self) -> None:
         self._turn = None
         if not self.held_by:
+            self.open = True
             self._unpause()
             self._resume()
 
@@ -101,6 +102,7 @@ class InputGate:
                 self._turn.cancel()
             self._turn = None
         held_by, self.held_by = self.held_by, set()
+        self.open = True
         if held_by:
             self._stats.connections_held -= 1
         self._unpause()

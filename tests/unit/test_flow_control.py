@@ -62,6 +62,7 @@ def test_full_subscriber_holds_its_publisher_until_the_low_water_mark():
     assert reads(reader)  # the reader's own input (its acknowledgements) still flows
 
     reader.protocol.resumeProducing()  # it reads again: queue drains, publisher released
+    clock.advance(0)  # the publisher is read again on the next reactor turn
     assert payloads(reader.received()) == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
     assert acked(publisher.received()) == 5
     assert reads(publisher)
@@ -88,6 +89,7 @@ def test_qos1_window_and_queue_hold_the_publisher_and_lose_nothing():
         got += payloads(packets)
         for packet in packets:
             reader.send(PubAck(packet.packet_id))
+        clock.advance(0)
         puback_count += acked(publisher.received())
     assert got == list(range(50))
     assert puback_count == 50
@@ -140,6 +142,7 @@ def test_grace_restarts_after_the_subscriber_catches_up():
     publish_numbered(publisher, 6)
     clock.advance(3)
     reader.protocol.resumeProducing()  # drained within the grace time
+    clock.advance(0)
     reader.received()
     reader.protocol.pauseProducing()
     publish_numbered(publisher, 10, start=6)
