@@ -77,6 +77,7 @@ class MQTTProtocol(Protocol):
         self.username: str | None = None
         self.protocol_level = 4
         self.paused = False
+        self.paused_at = 0.0
         self.session: Session | None = None
         self.terms: ConnectTerms | None = None
         self.will: Will | None = None
@@ -221,7 +222,9 @@ class MQTTProtocol(Protocol):
     # -- flow control (IPushProducer: the transport tells us when its buffer is full) --
 
     def pauseProducing(self) -> None:
-        self.paused = True
+        if not self.paused:
+            self.paused = True
+            self.paused_at = self._clock.seconds()
 
     def resumeProducing(self) -> None:
         self.paused = False

@@ -346,11 +346,12 @@ async def test_websocket_without_connect_is_closed_after_connect_timeout(serve, 
 
 @pytest_twisted.ensureDeferred
 async def test_slow_websocket_reader_is_bounded(certificates, listen, websockets, clients):
-    """Flow control reaches WebSocket clients too: a browser that stops reading gets a
-    bounded queue (max_queued_messages) and drops, while TCP clients keep going."""
+    """Flow control reaches WebSocket clients too: a browser that stops reading holds the
+    publisher for slow_client_grace, then gets a bounded queue (max_queued_messages, +1 for
+    the message that found it full) and drops, while TCP clients keep going."""
     from .test_flow import Counter
 
-    served = await listen(certificates, max_queued_messages=100)
+    served = await listen(certificates, max_queued_messages=100, slow_client_grace=0.5)
     slow = await websockets(served.ports["ws"])
     assert await deferToThread(slow.handshake) == 101
     slow.send_binary(encode(Connect("ws-slow", 4, keep_alive=0), 4))
@@ -379,6 +380,7 @@ async def test_slow_websocket_reader_is_bounded(certificates, listen, websockets
         buffered = len(tcp.dataBuffer) - tcp.offset + tcp._tempDataLen
         max_buffered = max(max_buffered, buffered)
     assert counter.in_order
-    assert max_queue <= 100
+    assert max_queue <= 101
     assert served.broker.stats.publish_dropped > 0
+    assert served.broker.stats.clients_slow == 1
     assert max_buffered < 2 * 1024 * 1024, max_buffered

@@ -23,6 +23,11 @@ from mqtt_twisted.packets import (
 from .harness import FakeClient, connected, make_broker
 
 
+def wait(clock, seconds: float) -> None:
+    """Let ``seconds`` pass in steps of 50 ms, as a running reactor would."""
+    clock.pump([0.05] * round(seconds / 0.05))
+
+
 def subscribe(client, topic_filter, qos=0, packet_id=1):
     client.send(Subscribe(packet_id, [SubscriptionRequest(topic_filter, qos)]))
     return client.received()
@@ -50,7 +55,7 @@ def acked(packets) -> int:
 def test_full_subscriber_holds_its_publisher_until_the_low_water_mark():
     """A subscriber that cannot take more (its socket buffer is full) holds its publisher
     back: the broker stops reading the publisher and acknowledges nothing it has not queued;
-    when the queue drains to half, reading resumes. Nothing is dropped."""
+    when the queue drains to 90 % of the limit, reading resumes. Nothing is dropped."""
     broker, clock = make_broker(max_queued_messages=4)
     reader = connected(broker, "reader")
     subscribe(reader, "t")
@@ -111,9 +116,9 @@ def test_slow_subscriber_is_isolated_after_the_grace_time():
     publish_numbered(publisher, 20)
     assert payloads(fast.received()) == [0, 1, 2, 3, 4]
     assert not reads(publisher)
-    clock.advance(4.9)
+    wait(clock, 4.5)
     assert not reads(publisher)  # still within the grace time
-    clock.advance(0.1)
+    wait(clock, 0.75)
     assert reads(publisher)
     assert acked(publisher.received()) == 20
     assert payloads(fast.received()) == list(range(5, 20))
@@ -140,15 +145,15 @@ def test_grace_restarts_after_the_subscriber_catches_up():
     publisher = connected(broker, "pub")
     reader.protocol.pauseProducing()
     publish_numbered(publisher, 6)
-    clock.advance(3)
+    wait(clock, 3)
     reader.protocol.resumeProducing()  # drained within the grace time
     clock.advance(0)
     reader.received()
     reader.protocol.pauseProducing()
     publish_numbered(publisher, 10, start=6)
-    clock.advance(3)  # 6 s since the first hold, 3 s since this one
+    wait(clock, 3)  # 6 s since the first hold, 3 s since the queue emptied
     assert not reads(publisher)
-    clock.advance(2)
+    wait(clock, 2.25)
     assert reads(publisher)
 
 
@@ -202,7 +207,7 @@ def test_bytes_limit_holds_too():
         publisher.send(Publish("t", bytes(400), qos=1, packet_id=i + 1))
     assert acked(publisher.received()) == 3  # 800 bytes queued, then 1200 and held
     assert not reads(publisher)
-    clock.advance(5)
+    wait(clock, 5.25)
     assert acked(publisher.received()) == 2
     assert broker.sessions["reader"].dropped == 2
     assert broker.sessions["reader"].queued_bytes == 1200
@@ -230,9 +235,9 @@ def test_held_publisher_is_not_timed_out_by_keep_alive():
     publisher = connected(broker, "pub", keep_alive=10)
     reader.protocol.pauseProducing()
     publish_numbered(publisher, 10)
-    clock.advance(30)
+    wait(clock, 30)
     assert not publisher.closed
-    clock.advance(30)  # grace over: released, read again
+    wait(clock, 30.25)  # grace over: released, read again
     assert reads(publisher)
     clock.advance(16)  # now silent for 1.5 x keep alive
     assert publisher.closed
@@ -368,3 +373,53 @@ def test_failing_sys_tick_is_logged_and_rescheduled(monkeypatch):
     monkeypatch.setattr(SysTopics, "values", original)
     clock.advance(10)
     assert [p.payload for p in watcher.received()] == [b"20 seconds"]
+
+
+def test_slow_subscriber_stays_slow_until_its_queue_is_empty():
+    """A slow subscriber that drains a little does not get a new grace time: publishers are
+    held for slow_client_grace at most, not again at every dip."""
+    broker, clock = make_broker(max_queued_messages=10, max_inflight_messages=2)
+    slow = connected(broker, "slow")
+    subscribe(slow, "t", qos=1)
+    publisher = connected(broker, "pub")
+    publish_numbered(publisher, 30)
+    wait(clock, 5.25)  # grace over: slow, publisher released
+    clock.advance(0)
+    assert reads(publisher)
+    first = slow.received()
+    for packet in first:  # it acknowledges a few: its queue dips below the low-water mark
+        slow.send(PubAck(packet.packet_id))
+    for packet in slow.received():
+        slow.send(PubAck(packet.packet_id))
+    publish_numbered(publisher, 30, start=30)
+    assert reads(publisher)  # not held again
+    assert broker.stats.clients_slow == 1
+
+
+def test_prompt_subscriber_is_never_dropped_for_however_long_it_holds_publishers():
+    """When the broker (here: the in-flight window) is the bottleneck and the subscriber
+    acknowledges at once, the publisher is held as long as it takes, far beyond the grace
+    time, and nothing it had acknowledged is dropped."""
+    broker, clock = make_broker(max_queued_messages=10, max_inflight_messages=2)
+    reader = connected(broker, "reader")
+    subscribe(reader, "t", qos=1)
+    publisher = connected(broker, "pub")
+    count = 2000
+    publisher.send_bytes(
+        b"".join(encode(Publish("t", b"%d" % i, qos=1, packet_id=i + 1), 4) for i in range(count))
+    )
+    got: list[int] = []
+    acks = acked(publisher.received())
+    for _ in range(count):  # one round trip per 10 ms: 2 messages, 10 s in 1,000 steps
+        packets = [p for p in reader.received() if isinstance(p, Publish)]
+        if not packets:
+            break
+        got += payloads(packets)
+        for packet in packets:
+            reader.send(PubAck(packet.packet_id))
+        clock.pump([0.01])
+        acks += acked(publisher.received())
+    assert clock.seconds() > 9  # held for longer than the 5 s grace time, many times over
+    assert got == list(range(count))
+    assert acks == count
+    assert broker.stats.publish_dropped == 0 and broker.stats.clients_slow == 0
