@@ -8,12 +8,13 @@ bounded by a deadline. Control slots: ``ctl[GO]`` is set when all workers are re
 
 from __future__ import annotations
 
+import ctypes
 import os
 import selectors
 import socket
 import time
 
-from wire import open_client, publish_packet
+from wire import acknowledged_seq, open_client, pubacks, publish_packet, strided_u32
 
 GO, STOP, QUIT = 0, 1, 2
 READY, FAILED = 1, -1
@@ -327,3 +328,317 @@ def idle_clients(core, port, prefix, first, count, source, slot, opened, state, 
         except OSError:
             pass
         s.close()
+
+
+# -- overload scenarios --------------------------------------------------------------
+
+
+class PublisherStats(ctypes.Structure):
+    """One publisher's counters in shared memory (written by that publisher only)."""
+
+    _fields_ = [
+        ("sent", ctypes.c_int64),  # whole PUBLISHes written to the socket
+        ("sent_bytes", ctypes.c_int64),
+        ("acked", ctypes.c_int64),  # distinct messages PUBACKed (QoS 1)
+        ("duplicate_acks", ctypes.c_int64),
+        ("errors", ctypes.c_int64),  # unexpected bytes from the broker
+        ("closed", ctypes.c_int64),  # 1: the broker closed or reset the connection
+        ("local_port", ctypes.c_int64),
+        ("max_lag", ctypes.c_int64),  # most messages PUBACKs were behind the schedule (rate)
+    ]
+
+
+class SubscriberStats(ctypes.Structure):
+    """One numbered subscriber's counters in shared memory (written by that subscriber only)."""
+
+    _fields_ = [
+        ("received", ctypes.c_int64),  # PUBLISHes read, duplicates included
+        ("unique", ctypes.c_int64),  # distinct sequence numbers
+        ("duplicates", ctypes.c_int64),
+        ("out_of_order", ctypes.c_int64),  # new numbers below the highest seen
+        ("errors", ctypes.c_int64),  # bad header, foreign publisher, number out of range
+        ("closed", ctypes.c_int64),  # 1: the broker closed or reset the connection
+        ("closed_at", ctypes.c_double),  # seconds after GO
+    ]
+
+
+#: flooded QoS 0 publishers write pre-encoded batches of about this many bytes
+FLOOD_BATCH_BYTES = 64 * 1024
+
+
+def flood_publisher(
+    core, port, client_id, packet, batch, window, slot, stats, delivered, state, ctl, deadline
+):
+    """QoS 0: the pre-encoded ``packet`` written over and over, as fast as TCP takes it.
+
+    ``window`` None: no pacing at all, the socket is kept full (flooded). Otherwise paced
+    (closed loop): writes wait while all publishers together (``stats``) are more than
+    ``window`` messages ahead of what the subscriber received (``delivered[0]``). Writes are
+    non-blocking, so a broker that stops reading cannot hold the worker past STOP; the packet
+    cut by STOP is completed, so every byte written belongs to a whole PUBLISH.
+    """
+    pin(core)
+    try:
+        s = open_client(port, client_id)
+    except Exception as error:  # noqa: BLE001
+        print(f"flood publisher {slot}: {error}", flush=True)
+        state[slot] = FAILED
+        return
+    me = stats[slot]
+    me.local_port = s.getsockname()[1]
+    size = len(packet)
+    ring = memoryview(packet * batch)
+    state[slot] = READY
+    if not wait_flag(ctl, GO, deadline):
+        s.close()
+        return
+    s.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(s, selectors.EVENT_WRITE)
+    written = 0
+    try:
+        while not ctl[STOP] and time.monotonic() < deadline:
+            if window is not None and sum(p.sent for p in stats) - delivered[0] > window:
+                time.sleep(0.0002)
+                continue
+            written += send_some(s, ring[written % len(ring) :], sel)
+            me.sent_bytes, me.sent = written, written // size
+        end = min(deadline, time.monotonic() + 5)
+        while written % size and time.monotonic() < end:
+            at = written % len(ring)
+            written += send_some(s, ring[at : at + size - written % size], sel)
+            me.sent_bytes, me.sent = written, written // size
+    except OSError as error:
+        print(f"flood publisher {slot}: {error}", flush=True)
+        me.closed = 1
+    wait_flag(ctl, QUIT, deadline)
+    s.close()
+
+
+def send_some(s: socket.socket, data: memoryview, sel: selectors.BaseSelector) -> int:
+    """Write what the non-blocking socket takes now (waiting up to 50 ms for room)."""
+    try:
+        return s.send(data)
+    except BlockingIOError:
+        sel.select(0.05)
+        return 0
+
+
+class AckTracker:
+    """PUBACKs read by a numbered publisher, as flags by sequence number in shared memory."""
+
+    def __init__(self, flags, stats: PublisherStats) -> None:
+        self.flags = memoryview(flags).cast("B")
+        self.stats = stats
+        self.pending = bytearray()
+
+    def feed(self, data: bytes, sent: int) -> None:
+        """Account the PUBACKs in ``data``, ``sent`` messages having been sent so far."""
+        buf = self.pending
+        buf += data
+        whole = len(buf) - len(buf) % 4
+        acks = bytes(buf[:whole])
+        del buf[:whole]
+        if acks[0::4].count(0x40) + acks[1::4].count(0x02) != whole // 2:
+            self.stats.errors += 1
+        flags, last = self.flags, sent - 1
+        acked = duplicates = errors = 0
+        for high, low in zip(acks[2::4], acks[3::4]):
+            seq = acknowledged_seq((high << 8) | low, last)
+            if seq < 0 or seq >= len(flags):
+                errors += 1
+            elif flags[seq]:
+                duplicates += 1
+            else:
+                flags[seq] = 1
+                acked += 1
+        self.stats.acked += acked
+        self.stats.duplicate_acks += duplicates
+        self.stats.errors += errors
+
+
+def numbered_publisher(
+    core, port, client_id, layout, window, rate, count, slot, stats, acked, state, ctl, deadline
+):
+    """QoS 1 messages 0, 1, 2 ... (``layout``: wire.NumberedPublishes), at most ``count``.
+
+    At most ``window`` wait for their PUBACK (a new one goes out for each PUBACK read); with
+    a ``rate``, no more than ``rate`` per second either (sent on a schedule from GO, never
+    ahead of it). Every PUBACK sets ``acked[seq]``. After STOP it waits (up to 5 s) for the
+    PUBACKs still due.
+    """
+    pin(core)
+    try:
+        s = open_client(port, client_id)
+    except Exception as error:  # noqa: BLE001
+        print(f"numbered publisher {slot}: {error}", flush=True)
+        state[slot] = FAILED
+        return
+    count = min(count, len(acked))
+    tracker = AckTracker(acked, stats)
+    state[slot] = READY
+    if not wait_flag(ctl, GO, deadline):
+        s.close()
+        return
+    start = time.monotonic()
+    sent = 0
+    stop_by = None
+    try:
+        while time.monotonic() < deadline and not ctl[QUIT]:
+            if ctl[STOP] or sent >= count:
+                if stats.acked + stats.errors >= sent:
+                    break
+                stop_by = stop_by or time.monotonic() + 5
+                if time.monotonic() > stop_by:
+                    break
+            else:
+                due = count if rate is None else min(count, int((time.monotonic() - start) * rate))
+                stats.max_lag = max(stats.max_lag, due - stats.acked)
+                k = min(window - (sent - stats.acked), due - sent)
+                if k > 0:
+                    s.sendall(layout.encode(sent, k))
+                    sent += k
+                    stats.sent = sent
+            s.settimeout(0.5 if rate is None else 1.0 / rate)
+            try:
+                data = s.recv(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                stats.closed = 1
+                break
+            tracker.feed(data, sent)
+    except OSError as error:
+        print(f"numbered publisher {slot}: {error}", flush=True)
+        stats.closed = 1
+    wait_flag(ctl, QUIT, deadline)
+    s.close()
+
+
+TCP_CLOSE, TCP_CLOSE_WAIT = 7, 8  # tcpi_state values (linux/tcp_states.h)
+
+
+def peer_closed(s: socket.socket) -> bool:
+    """Whether the broker has closed its end (FIN or RST received), even with data unread."""
+    try:
+        state = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+    except OSError:
+        return True
+    return state in (TCP_CLOSE, TCP_CLOSE_WAIT)
+
+
+class SeqTracker:
+    """Sequence numbers a numbered subscriber received, as flags in shared memory."""
+
+    def __init__(self, flags, stats: SubscriberStats, publisher_id: int) -> None:
+        self.flags = memoryview(flags).cast("B")
+        self.stats = stats
+        self.publisher_id = publisher_id
+        self.highest = -1
+
+    def feed(self, publishers, seqs) -> None:
+        """Account one batch: the publisher id and sequence number of each message."""
+        flags, highest = self.flags, self.highest
+        unique = duplicates = late = 0
+        errors = len(publishers) - publishers.count(self.publisher_id)
+        for seq in seqs:
+            if seq >= len(flags):
+                errors += 1
+            elif flags[seq]:
+                duplicates += 1
+            else:
+                flags[seq] = 1
+                unique += 1
+                if seq < highest:
+                    late += 1
+                else:
+                    highest = seq
+        self.highest = highest
+        st = self.stats
+        st.received += len(seqs)
+        st.unique += unique
+        st.duplicates += duplicates
+        st.out_of_order += late
+        st.errors += errors
+
+
+def numbered_subscriber(
+    core,
+    port,
+    client_id,
+    topic_filter,
+    size,
+    publisher_id,
+    rate,
+    slot,
+    stats,
+    seen,
+    state,
+    ctl,
+    deadline,
+):
+    """A QoS 1 subscriber that records the number of every message (``seen[seq]``).
+
+    It acknowledges each PUBLISH as soon as it reads it. ``rate`` None: it reads as fast as
+    it can; otherwise it reads (and so acknowledges) at most ``rate`` messages per second
+    from GO on, leaving the rest in the socket. When the broker closes the connection, the
+    time is recorded as soon as the FIN or RST arrives (not after the slow reader has got
+    through the data before it), and what was delivered before it is still read.
+    """
+    pin(core)
+    try:
+        s = open_client(port, client_id, topic_filter, 1)
+    except Exception as error:  # noqa: BLE001
+        print(f"numbered subscriber {slot}: {error}", flush=True)
+        state[slot] = FAILED
+        return
+    tracker = SeqTracker(seen, stats, publisher_id)
+    state[slot] = READY
+    if not wait_flag(ctl, GO, deadline):
+        s.close()
+        return
+    start = time.monotonic()
+    s.settimeout(0.05)
+    pending = bytearray()
+    packet_id_at = 0
+    try:
+        while time.monotonic() < deadline and not ctl[QUIT]:
+            budget = 1 << 20
+            if rate is not None:
+                budget = (int((time.monotonic() - start) * rate) - stats.received) * size
+                budget -= len(pending)
+                if budget <= 0:
+                    if not stats.closed and peer_closed(s):
+                        stats.closed, stats.closed_at = 1, time.monotonic() - start
+                    time.sleep(0.005)
+                    continue
+            try:
+                data = s.recv(budget)
+            except TimeoutError:
+                continue
+            if not data:
+                if not stats.closed:
+                    stats.closed, stats.closed_at = 1, time.monotonic() - start
+                break
+            pending += data
+            whole = len(pending) - len(pending) % size
+            if not whole:
+                continue
+            chunk = bytes(pending[:whole])
+            del pending[:whole]
+            if not packet_id_at:  # fixed header (2) + topic length (2) + topic
+                packet_id_at = 4 + ((chunk[2] << 8) | chunk[3])
+            heads = chunk[0::size]
+            if heads.count(0x32) + heads.count(0x3A) != len(heads):
+                stats.errors += 1
+            s.sendall(pubacks(chunk, packet_id_at, size))
+            tracker.feed(
+                strided_u32(chunk, packet_id_at + 2, size),
+                strided_u32(chunk, packet_id_at + 6, size),
+            )
+    except OSError as error:
+        print(f"numbered subscriber {slot}: {error}", flush=True)
+        if not stats.closed:
+            stats.closed, stats.closed_at = 1, time.monotonic() - start
+    wait_flag(ctl, QUIT, deadline)
+    s.close()

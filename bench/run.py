@@ -6,14 +6,15 @@ core 0 and the load generator (raw sockets, pre-encoded packets, one process per
 see gen.py) to core 1. Scenarios are interleaved broker by broker (A B C A B C ...) over
 several rounds; "ours-2" is a second, independent process of our broker, so the table shows
 the run-to-run spread of one broker. The generator's ceiling is measured against a trivial
-relay (sink.py) on the broker core.
+relay (sink.py) on the broker core. The overload scenarios (flood-qos0-fanin flooded and
+paced, flood-qos1, slow-subscriber; see overload.py) run each on a fresh broker process with
+its default limits and report accepted, delivered and lost messages side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import resource
 import shutil
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -31,14 +33,15 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import gen  # noqa: E402
-from gen import FAILED, GO, QUIT, READY, STOP  # noqa: E402
+import overload  # noqa: E402
+from gen import FAILED, GO, STOP  # noqa: E402
+from harness import Offset, Run, ctx, settle  # noqa: E402
 
 BROKER_CORE, GEN_CORE = 0, 1
 TWISTD = ROOT / ".venv" / "bin" / "twistd"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 AMQTT = HERE / ".venv-amqtt" / "bin" / "amqtt"
 PYSPY = ROOT / ".venv" / "bin" / "py-spy"
-ctx = mp.get_context("fork")
 
 PAYLOAD = b"p" * 64
 #: --mosquitto-nodelay: Mosquitto with set_tcp_nodelay true (its default is Nagle on)
@@ -78,8 +81,18 @@ def rss_kib(pid: int) -> int:
 
 
 class Broker:
-    def __init__(self, name: str, kind: str, tmp: Path) -> None:
+    """One broker process on a free port of 127.0.0.1.
+
+    ``tuned``: with the throughput scenarios' settings (no limit on queued messages);
+    otherwise with the broker's default limits (overload scenarios). ``options``: extra
+    command-line options for our broker.
+    """
+
+    def __init__(
+        self, name: str, kind: str, tmp: Path, tuned: bool = True, options: tuple[str, ...] = ()
+    ) -> None:
         self.name, self.kind, self.tmp = name, kind, tmp
+        self.tuned, self.options = tuned, options
         self.process: subprocess.Popen | None = None
         self.port = 0
 
@@ -97,14 +110,15 @@ class Broker:
                 "none",
                 "--sys-interval",
                 "0",
-                "--max-queued-messages",
-                "0",
+                *(["--max-queued-messages", "0"] if self.tuned else []),
+                *self.options,
             ]
         if self.kind == "mosquitto":
             conf = self.tmp / f"{self.name}-{port}.conf"
             conf.write_text(
                 f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                "max_queued_messages 100000000\npersistence false\n"
+                + ("max_queued_messages 100000000\n" if self.tuned else "")
+                + "persistence false\n"
                 "log_dest stdout\nlog_type error\nlog_type warning\n"
                 + ("set_tcp_nodelay true\n" if MOSQUITTO_NODELAY else "")
             )
@@ -167,60 +181,6 @@ class Broker:
         return self.process.pid
 
 
-# -- running workers -----------------------------------------------------------------
-
-
-class Run:
-    """Workers of one scenario run, with their shared counters; always cleaned up."""
-
-    def __init__(self, nslots: int, deadline: float) -> None:
-        self.ctl = ctx.RawArray("d", 3)
-        self.state = ctx.RawArray("i", nslots)
-        self.deadline = deadline
-        self.procs: list[mp.Process] = []
-
-    def spawn(self, target, *args) -> None:
-        p = ctx.Process(target=target, args=args, daemon=True)
-        p.start()
-        self.procs.append(p)
-
-    def wait_ready(self, slots, limit: float = 30.0) -> None:
-        end = time.monotonic() + limit
-        while time.monotonic() < end:
-            states = [self.state[i] for i in slots]
-            if FAILED in states:
-                raise RuntimeError("a generator worker failed to connect")
-            if all(s == READY for s in states):
-                return
-            if not any(p.is_alive() for p in self.procs):
-                break
-            time.sleep(0.01)
-        raise RuntimeError("generator workers not ready in time")
-
-    def finish(self) -> None:
-        self.ctl[STOP] = 1
-        self.ctl[QUIT] = 1
-        for p in self.procs:
-            p.join(10)
-        for p in self.procs:
-            if p.is_alive():
-                p.terminate()
-                p.join(2)
-
-
-def settle(total, expected, cap: float) -> None:
-    """Wait until total() reaches expected(), progress stops for 1 s, or cap seconds pass."""
-    end = time.monotonic() + cap
-    last, last_change = total(), time.monotonic()
-    while time.monotonic() < end and total() < expected():
-        time.sleep(0.01)
-        now = total()
-        if now != last:
-            last, last_change = now, time.monotonic()
-        elif time.monotonic() - last_change > 1.0:
-            break
-
-
 def throughput(
     port,
     cfg,
@@ -276,7 +236,7 @@ def throughput(
                 fanout,
                 window,
                 batch,
-                _offset(run.state, nsub),
+                Offset(run.state, nsub),
                 run.ctl,
                 deadline,
             )
@@ -300,16 +260,6 @@ def throughput(
         }
     finally:
         run.finish()
-
-
-class _offset:
-    """A view of a shared int array shifted by `base` (publisher slots after subscribers)."""
-
-    def __init__(self, array, base):
-        self.array, self.base = array, base
-
-    def __setitem__(self, i, v):
-        self.array[self.base + i] = v
 
 
 def fan_in(port, cfg):
@@ -359,7 +309,7 @@ def qos1(port, cfg):
             0,
             sent,
             acked,
-            _offset(run.state, 1),
+            Offset(run.state, 1),
             run.ctl,
             deadline,
         )
@@ -417,7 +367,7 @@ def latency(port, cfg):
             count,
             0,
             sent,
-            _offset(run.state, 1),
+            Offset(run.state, 1),
             run.ctl,
             deadline,
         )
@@ -701,6 +651,61 @@ def targets(results: dict) -> str:
     return "\n".join(lines)
 
 
+def ours_supports(option: str) -> bool:
+    """Whether ``twistd -n mqtt --help`` lists the option (False if it cannot run)."""
+    try:
+        done = subprocess.run(
+            [str(TWISTD), "-n", "mqtt", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return option in done.stdout
+
+
+def overload_options(keys: list[str]) -> dict[str, tuple[str, ...]]:
+    """Per overload scenario, the extra options our broker runs with (those it supports)."""
+    options = {}
+    for key in keys:
+        wanted = overload.SCENARIOS[key].ours_options
+        if wanted and ours_supports(wanted[0]):
+            options[key] = wanted
+            log(f"{key}: ours runs with {' '.join(wanted)}")
+        elif wanted:
+            options[key] = ()
+            log(f"{key}: ours has no {wanted[0]} (twistd -n mqtt --help); defaults used")
+        else:
+            options[key] = ()
+    return options
+
+
+def run_overload(keys: list[str], names: list[str], kinds: dict, tmp: Path, cfg) -> dict:
+    """Every overload scenario, each run on a fresh broker with default limits, interleaved
+    broker by broker over ``cfg.overload_rounds`` rounds."""
+    options = overload_options(keys)
+    results: dict = {}
+    for rnd in range(cfg.overload_rounds):
+        order = names if rnd % 2 == 0 else names[::-1]
+        for key in keys:
+            for name in order:
+                extra = options[key] if kinds[name] == "ours" else ()
+                broker = Broker(name, kinds[name], tmp, tuned=False, options=extra)
+                try:
+                    broker.start()
+                    r = overload.SCENARIOS[key].run(broker, cfg)
+                except Exception as error:  # noqa: BLE001
+                    log(f"round {rnd + 1} {key} {name}: FAILED {error}")
+                    continue
+                finally:
+                    broker.stop()
+                results.setdefault(key, {}).setdefault(name, []).append(r)
+                log(f"round {rnd + 1} {key:<22} {name:<10} {overload.summary(r)}")
+    return results
+
+
 class Config:
     def __init__(self, quick: bool, rounds: int | None) -> None:
         self.quick = quick
@@ -714,13 +719,25 @@ class Config:
         self.idle_rounds = 1 if quick else 2
         #: connect-time cap for the other brokers (amqtt needs far longer than 30 s)
         self.idle_other_limit = 10.0 if quick else 30.0
+        #: overload scenarios (overload.py): a fresh broker per run, so fewer rounds
+        self.overload_rounds = rounds or (2 if quick else 3)
+        self.overload_warmup = 0.5 if quick else 1.0
+        self.overload_seconds = 2.0 if quick else 5.0
+        self.overload_drain = 5.0 if quick else 10.0
+        #: flooded QoS 0: the kernel buffers' backlog takes a while (ends after 1 s idle)
+        self.flood_drain = 20.0 if quick else 60.0
+        self.slow_seconds = 6.0 if quick else 10.0
+        self.gen_core = GEN_CORE
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter runs (< 2 min)")
     parser.add_argument("--rounds", type=int, help="rounds of every scenario (default 2 / 5)")
-    parser.add_argument("--only", help="comma-separated scenarios: " + ",".join(SCENARIOS))
+    parser.add_argument(
+        "--only",
+        help="comma-separated scenarios: " + ",".join([*SCENARIOS, *overload.GROUPS]),
+    )
     parser.add_argument("--brokers", help="comma-separated: ours,ours-2,mosquitto,amqtt")
     parser.add_argument(
         "--profile",
@@ -742,6 +759,7 @@ def main() -> None:
     if len(os.sched_getaffinity(0)) < 2 or (os.cpu_count() or 1) < 2:
         log("warning: fewer than 2 cores; broker and generator will share a core")
         globals()["GEN_CORE"] = BROKER_CORE
+        cfg.gen_core = BROKER_CORE
     os.sched_setaffinity(0, {GEN_CORE})
     load = os.getloadavg()[0]
     if load > 0.5:
@@ -751,7 +769,8 @@ def main() -> None:
         )
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
-    only = args.only.split(",") if args.only else list(SCENARIOS)
+    only = args.only.split(",") if args.only else [*SCENARIOS, *overload.GROUPS]
+    overload_keys = overload.selected(only)
     with tempfile.TemporaryDirectory(prefix="mqtt-bench-") as tmpname:
         tmp = Path(tmpname)
         if args.profile:
@@ -783,6 +802,10 @@ def main() -> None:
                 for key in ("fan-in", "fan-out", "qos1", "latency"):
                     if key in only:
                         ceiling[key] = SCENARIOS[key][1](sink.port, cfg)
+                for key in overload_keys:
+                    if overload.SCENARIOS[key].ceiling:
+                        r = overload.SCENARIOS[key].run(sink, cfg)
+                        ceiling[key] = {"value": r.metrics[overload.DELIVERED]}
                 log(
                     "generator ceiling (trivial relay sink.py on the broker core): "
                     + ", ".join(
@@ -820,6 +843,7 @@ def main() -> None:
         finally:
             for broker in running.values():
                 broker.stop()
+        overload_results = run_overload(overload_keys, names, kinds, tmp, cfg)
         if "idle" in only:
             idle_names = [n for n in names if n != "ours-2"]
             for rnd in range(cfg.idle_rounds):
@@ -844,6 +868,7 @@ def main() -> None:
                 )
             )
         log(table(results, names))
+        log(overload.table(overload_results, names))
         log(targets(results))
         if "ours" in names and "ours-2" in names:
             spread = []
@@ -858,6 +883,10 @@ def main() -> None:
                 "\nspread between two processes of ours (|ours - ours-2| / max): "
                 + ", ".join(spread)
             )
+        results["overload"] = {
+            key: {name: [asdict(r) for r in runs] for name, runs in per.items()}
+            for key, per in overload_results.items()
+        }
         (out_dir / "last.json").write_text(json.dumps(results, indent=1))
     if not args.no_matching:
         import matching

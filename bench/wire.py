@@ -9,6 +9,8 @@ PUBACKs with strided slice assignments; all of that runs at C speed.
 from __future__ import annotations
 
 import socket
+import sys
+from array import array
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
@@ -101,3 +103,67 @@ def open_client(
     except BaseException:
         sock.close()
         raise
+
+
+# -- numbered QoS 1 messages (overload scenarios) ------------------------------------
+
+#: packet ids follow the sequence number: seq % PACKET_IDS + 1
+PACKET_IDS = 65535
+
+
+class NumberedPublishes:
+    """QoS 1 PUBLISHes of one topic whose payload names the message.
+
+    The 64-byte payload starts with the publisher id and the sequence number (4 bytes each,
+    little-endian), then padding, so every packet has the same size and a subscriber reads
+    the numbers of a whole batch with strided slices (``sequence_numbers``). The packet id
+    is ``seq % 65535 + 1``: a PUBACK names its message as long as fewer than 65,535 are
+    unacknowledged (``acknowledged_seq``).
+    """
+
+    def __init__(self, topic: str, publisher_id: int, payload_size: int = 64) -> None:
+        topic_field = _str(topic.encode())
+        self.prefix = bytes([0x32]) + varint(len(topic_field) + 2 + payload_size) + topic_field
+        self.publisher = publisher_id.to_bytes(4, "little")
+        self.padding = b"n" * (payload_size - 8)
+        self.size = len(self.prefix) + 2 + payload_size
+
+    def encode(self, first: int, count: int) -> bytes:
+        """Messages ``first`` .. ``first + count - 1``, back to back."""
+        prefix, publisher, padding = self.prefix, self.publisher, self.padding
+        return b"".join(
+            prefix
+            + (seq % PACKET_IDS + 1).to_bytes(2, "big")
+            + publisher
+            + seq.to_bytes(4, "little")
+            + padding
+            for seq in range(first, first + count)
+        )
+
+
+def acknowledged_seq(packet_id: int, last_sent: int) -> int:
+    """The sequence number a PUBACK's packet id stands for: the latest one sent with that id."""
+    return last_sent - ((last_sent - (packet_id - 1)) % PACKET_IDS)
+
+
+def strided_u32(chunk: bytes, offset: int, stride: int) -> array:
+    """The little-endian uint32 at ``offset`` of every ``stride``-byte packet of ``chunk``."""
+    raw = bytearray(4 * (len(chunk) // stride))
+    for j in range(4):
+        raw[j::4] = chunk[offset + j :: stride]
+    values = array("I")
+    values.frombytes(raw)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values
+
+
+def pubacks(chunk: bytes, packet_id_at: int, size: int) -> bytes:
+    """One PUBACK for each ``size``-byte PUBLISH of ``chunk`` (packet id at ``packet_id_at``)."""
+    n = len(chunk) // size
+    acks = bytearray(4 * n)
+    acks[0::4] = b"\x40" * n
+    acks[1::4] = b"\x02" * n
+    acks[2::4] = chunk[packet_id_at::size]
+    acks[3::4] = chunk[packet_id_at + 1 :: size]
+    return bytes(acks)
