@@ -10,6 +10,7 @@ import uuid
 import attrs
 
 from mqtt_twisted.broker import BrokerConfig
+from mqtt_twisted.broker.hooks import Refused
 from mqtt_twisted.packets import MQTT_3_1, MQTT_5, ConnackCode, Connect, Property, ReasonCode
 from mqtt_twisted.topics import validate_topic_name
 
@@ -17,16 +18,6 @@ from mqtt_twisted.topics import validate_topic_name
 MQTT31_MAX_CLIENT_ID = 23
 #: Session Expiry Interval meaning "never" (MQTT 5.0 section 3.1.2.11.2)
 NEVER_EXPIRES = 0xFFFFFFFF
-
-
-class Refused(Exception):
-    """A CONNECT the broker answers with a refusing CONNACK (no code: close without one)."""
-
-    def __init__(self, reason: str, code_v3: int | None, code_v5: int) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.code_v3 = code_v3
-        self.code_v5 = code_v5
 
 
 @attrs.define
@@ -79,12 +70,6 @@ def check_connect(connect: Connect, config: BrokerConfig) -> ConnectTerms:
             "client id longer than 23 characters (MQTT 3.1)",
             ConnackCode.IDENTIFIER_REJECTED,
             ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
-        )
-    if Property.AUTHENTICATION_METHOD in properties:  # no enhanced authentication offered yet
-        raise Refused(
-            f"authentication method {properties[Property.AUTHENTICATION_METHOD]!r} not supported",
-            None,
-            ReasonCode.BAD_AUTHENTICATION_METHOD,
         )
     keep_alive = connect.keep_alive
     server_keep_alive = False

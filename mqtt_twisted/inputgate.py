@@ -59,7 +59,8 @@ class InputGate:
         self._paused = False
 
     def hold(self, by: Any) -> None:
-        """``by`` is full: stop reading until it releases this connection."""
+        """``by`` (a full subscriber, or an answer being awaited) asks to stop reading until
+        it releases this connection."""
         held_by = self.held_by
         if by in held_by:
             return

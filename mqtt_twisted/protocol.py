@@ -17,13 +17,14 @@ from zope.interface import implementer
 
 from mqtt_twisted.broker import Broker, Message, Session
 from mqtt_twisted.broker.aliases import InboundAliases, OutboundAliases
+from mqtt_twisted.broker.hooks import ClientIdentity
 from mqtt_twisted.connect import (
     NEVER_EXPIRES,
     ConnectTerms,
     Refused,
-    check_connect,
     connack_properties,
 )
+from mqtt_twisted.handshake import Handshake
 from mqtt_twisted.inputgate import PACKETS_PER_TURN, InputGate, Linger
 from mqtt_twisted.packets import (
     MQTT_5,
@@ -45,7 +46,6 @@ from mqtt_twisted.packets import (
     Will,
     encode,
 )
-from mqtt_twisted.tls import peer_common_name
 from mqtt_twisted.topics import validate_topic_filter
 
 log = Logger()
@@ -81,6 +81,9 @@ class MQTTProtocol(Protocol):
         self.session: Session | None = None
         self.terms: ConnectTerms | None = None
         self.will: Will | None = None
+        #: who the client is, once CONNECT is accepted (for the hooks: ACL checks)
+        self.identity: ClientIdentity | None = None
+        self._handshake: Handshake | None = None
         self.keep_alive = 0
         #: the client's Receive Maximum and Maximum Packet Size (MQTT 5)
         self.receive_maximum = 65535
@@ -89,6 +92,7 @@ class MQTTProtocol(Protocol):
         self._outbound_aliases: OutboundAliases | None = None
         self._clock = broker.clock
         self._stats = broker.stats
+        self._may_publish = broker.hooks.may_publish
         self._parser = Parser(max_packet_size=broker.config.max_packet_size)
         self._ended = False
         self._last_seen = 0.0
@@ -105,9 +109,15 @@ class MQTTProtocol(Protocol):
     def connectionMade(self) -> None:
         stats = self._stats
         stats.sockets_total += 1
+        stats.connections_open += 1
         stats.listener_connections[self.listener] = (
             stats.listener_connections.get(self.listener, 0) + 1
         )
+        limit = self.broker.config.max_connections
+        if limit and stats.connections_open > limit:
+            self._over_connection_limit(limit)
+            return
+        self.broker.limits.ok("max-connections")
         self._last_seen = self._clock.seconds()
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:  # small MQTT packets must not wait for Nagle's algorithm
@@ -122,6 +132,7 @@ class MQTTProtocol(Protocol):
         )
 
     def connectionLost(self, reason=None) -> None:
+        self._stats.connections_open -= 1
         counts = self._stats.listener_connections
         counts[self.listener] = counts.get(self.listener, 1) - 1
         if self._abort_timer is not None and self._abort_timer.active():
@@ -130,6 +141,18 @@ class MQTTProtocol(Protocol):
             self._linger.cancel()
         if not self._ended:
             self._end("connection lost", publish_will=True)
+
+    def _over_connection_limit(self, limit: int) -> None:
+        """--max-connections: closed at once, counted, logged once per burst."""
+        self._ended = True
+        self._stats.connections_refused += 1
+        self.broker.limits.exceeded(
+            "max-connections",
+            "connection from {peer} closed: --max-connections {limit} reached",
+            peer=self._peer(),
+            limit=limit,
+        )
+        self.transport.loseConnection()
 
     def _peer(self) -> str:
         peer = self.transport.getPeer()
@@ -280,7 +303,7 @@ class MQTTProtocol(Protocol):
             if parser.buffered:
                 gate.next_turn()
         except UnsupportedProtocolVersion as error:
-            self._refuse(
+            self.refuse(
                 Refused(
                     str(error.message),
                     ConnackCode.UNACCEPTABLE_PROTOCOL_VERSION,
@@ -293,6 +316,9 @@ class MQTTProtocol(Protocol):
 
     def _violation(self, error: PacketError) -> None:
         """A malformed packet or protocol error: log it and close (will published)."""
+        if self.session is None and self._handshake is not None:  # during AUTH: a CONNACK
+            self._handshake.refuse(Refused(error.message, None, error.reason_code))
+            return
         if self.session is None:
             log.info(
                 "closing connection from {peer} before CONNECT: {error}",
@@ -366,42 +392,25 @@ class MQTTProtocol(Protocol):
     # -- CONNECT ----------------------------------------------------------------------
 
     def _on_connect(self, connect: Connect) -> None:
-        if self.session is not None:  # [MQTT-3.1.0-2]
+        if self.session is not None or self._handshake is not None:  # [MQTT-3.1.0-2]
             raise PacketError("second CONNECT on a connection", ReasonCode.PROTOCOL_ERROR)
         self.protocol_level = connect.protocol_level
+        self._handshake = Handshake(self, connect)
+        self._handshake.start()
+
+    def accept(self, handshake: Handshake, auth_data: bytes | None = None) -> None:
+        """The handshake accepted the client: open its session and send CONNACK."""
+        self._handshake = None
+        terms, connect, identity = handshake.terms, handshake.connect, handshake.identity
+        assert terms is not None and identity is not None
         if self._connect_timer is not None and self._connect_timer.active():
             self._connect_timer.cancel()
         self._connect_timer = None
         broker = self.broker
         config = broker.config
-        try:
-            if not broker.accepting:
-                raise Refused(
-                    "server shutting down",
-                    ConnackCode.SERVER_UNAVAILABLE,
-                    ReasonCode.SERVER_UNAVAILABLE,
-                )
-            terms = check_connect(connect, config)
-            self.username = connect.username
-            if self.use_identity_as_username:
-                self.username = peer_common_name(self.transport)
-                if self.username is None:
-                    raise Refused(
-                        "no client certificate to take the username from",
-                        ConnackCode.NOT_AUTHORIZED,
-                        ReasonCode.NOT_AUTHORIZED,
-                    )
-        except Refused as refused:
-            properties = connect.properties
-            problem_information = properties.get(Property.REQUEST_PROBLEM_INFORMATION, 1)
-            self._refuse(
-                refused,
-                self.protocol_level,
-                bool(problem_information),
-                properties.get(Property.MAXIMUM_PACKET_SIZE),
-            )
-            return
         self.terms = terms
+        self.identity = identity
+        self.username = identity.username
         self.keep_alive = terms.keep_alive
         properties = {}
         if self.protocol_level == MQTT_5:
@@ -411,10 +420,15 @@ class MQTTProtocol(Protocol):
             if terms.topic_alias_maximum:
                 self._outbound_aliases = OutboundAliases(terms.topic_alias_maximum)
             properties = connack_properties(terms, config)
+            if handshake.method is not None:  # enhanced authentication [MQTT-4.12.0-1]
+                properties[Property.AUTHENTICATION_METHOD] = handshake.method
+                if auth_data is not None:
+                    properties[Property.AUTHENTICATION_DATA] = auth_data
         session, present = broker.open_session(
             terms.client_id, connect.clean_start, terms.expiry_interval
         )
         self.session = session
+        session.identity = identity
         self.will = connect.will
         self._send(ConnAck(present, 0, properties))  # [MQTT-3.2.2-2], [MQTT-3.2.2-3]
         if self.keep_alive:
@@ -434,7 +448,34 @@ class MQTTProtocol(Protocol):
         )
         session.attach(self)
 
-    def _refuse(
+    # -- what the handshake needs ---------------------------------------------------------
+
+    @property
+    def ended(self) -> bool:
+        """Whether this connection has been closed (or is closing)."""
+        return self._ended
+
+    def peer(self) -> str:
+        """``host:port`` of the client."""
+        return self._peer()
+
+    def peer_host(self) -> str:
+        """The client's host (its address without the port)."""
+        return str(getattr(self.transport.getPeer(), "host", ""))
+
+    def send_packet(self, packet) -> None:
+        """Encode and write one packet at this connection's protocol level."""
+        self._send(packet)
+
+    def wait_for(self, by: object) -> None:
+        """Handle no more input until ``done_waiting(by)`` (an answer is awaited)."""
+        self._input.hold(by)
+
+    def done_waiting(self, by: object) -> None:
+        if not self._ended:
+            self._input.release(by)
+
+    def refuse(
         self,
         refused: Refused,
         level: int,
@@ -511,10 +552,15 @@ class MQTTProtocol(Protocol):
             raise PacketError(
                 "retained PUBLISH but retain is not available", ReasonCode.RETAIN_NOT_SUPPORTED
             )
-        # Clients cannot publish into $SYS: accepted (and acknowledged) but not routed.
-        routed = not (topic[0] == "$" and topic.startswith("$SYS"))
+        # A topic the client may not publish to (the hooks' ACL; $SYS for everyone): 3.x
+        # acknowledged and dropped, 5.0 refused with 0x87.
         session = self.session
         assert session is not None  # the parser lets nothing but CONNECT come first
+        routed = self._may_publish(session.identity, topic)
+        size_limit = config.message_size_limit
+        if size_limit and len(packet.payload) > size_limit:
+            self._payload_too_large(packet, size_limit)
+            return
         if qos == 0:
             if routed:
                 self.broker.publish(
@@ -554,6 +600,20 @@ class MQTTProtocol(Protocol):
                 if not routed and self.protocol_level == MQTT_5:
                     awaiting.discard(packet_id)  # refused: the id is free again [MQTT-4.3.3-9]
         self._ack(0x50, packet_id, reason)  # PUBREC
+
+    def _payload_too_large(self, packet, limit: int) -> None:
+        """--message-size-limit: not accepted; 3.x acknowledged (and dropped), 5.0 refused
+        with 0x83 (the receiver is not willing to accept it). Counted, logged per burst."""
+        self._stats.publish_too_large += 1
+        self.broker.limits.exceeded(
+            "message-size-limit",
+            "PUBLISH of {size} bytes from {client_id} refused: --message-size-limit {limit}",
+            size=len(packet.payload),
+            client_id=self.identity.client_id if self.identity else "?",
+            limit=limit,
+        )
+        if packet.qos:
+            self._ack(0x40 if packet.qos == 1 else 0x50, packet.packet_id, 0x83)
 
     def _publish_v5(self, packet) -> tuple[str, dict, float | None, int]:
         """MQTT 5 PUBLISH properties: topic alias, payload format, message expiry.
@@ -623,9 +683,10 @@ class MQTTProtocol(Protocol):
                     )
         existed = [r.topic_filter in session.subscriptions for r in requests]
         codes = self.broker.subscribe(session, requests, subscription_id)
-        wire_codes = codes
         if v5:
             wire_codes = [ReasonCode.TOPIC_FILTER_INVALID if c == 0x80 else c for c in codes]
+        else:  # 3.x has one failure code [MQTT-3.9.3-2]
+            wire_codes = [0x80 if c >= 0x80 else c for c in codes]
         self._send(SubAck(packet.packet_id, wire_codes))  # [MQTT-3.8.4-1]
         self.broker.send_retained(session, requests, codes, existed)
 
@@ -662,7 +723,9 @@ class MQTTProtocol(Protocol):
         self._end("client sent DISCONNECT", publish_will=keep_will)
 
     def _on_auth(self, packet) -> None:
-        raise PacketError("AUTH without an authentication method", ReasonCode.PROTOCOL_ERROR)
+        if self._handshake is None or self._handshake.method is None:  # [MQTT-4.12.0-1]
+            raise PacketError("AUTH without an authentication method", ReasonCode.PROTOCOL_ERROR)
+        self._handshake.auth(packet)
 
 
 def _fitting(

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gc
 import re
+import signal
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
@@ -13,9 +16,13 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from mqtt_twisted import __version__
+from mqtt_twisted.acl import Acl, AclFileError, load_acl_file
+from mqtt_twisted.auth import Security
 from mqtt_twisted.broker import Broker, BrokerConfig
 from mqtt_twisted.broker.systopics import SysTopics
+from mqtt_twisted.exposure import exposure_error
 from mqtt_twisted.logs import JSONLineObserver
+from mqtt_twisted.passwords import PasswordFileChecker, PasswordFileError
 from mqtt_twisted.protocol import MQTTFactory
 from mqtt_twisted.tls import TLSConfigError, TLSSettings, is_tls, server_endpoint
 
@@ -189,6 +196,35 @@ class Options(usage.Options):
             float,
         ],
         [
+            "password-file",
+            None,
+            None,
+            "Mosquitto password file (user:$7$... lines; mosquitto_passwd or mqtt-twisted-passwd "
+            "writes them): clients must give a user name and password from it. Re-read on SIGHUP.",
+        ],
+        [
+            "acl-file",
+            None,
+            None,
+            "Mosquitto ACL file (user / topic / pattern lines) saying who may read and write "
+            "which topics. Re-read on SIGHUP.",
+        ],
+        [
+            "max-connections",
+            None,
+            0,
+            "Open client connections at most; beyond it new ones are closed at once (0 = no limit).",
+            _bounded_int(0),
+        ],
+        [
+            "message-size-limit",
+            None,
+            0,
+            "Largest PUBLISH payload (bytes) accepted; larger ones are refused (0 = only "
+            "--max-packet-size applies).",
+            _bounded_int(0),
+        ],
+        [
             "persistent-client-expiration",
             None,
             None,
@@ -213,6 +249,9 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
+        #: options given on the command line (not defaults)
+        self._explicit: set[str] = set()
+        self["allow-anonymous"] = None
         self["mqtt"] = []
         self["http"] = []
         self["ws-origin"] = []
@@ -261,6 +300,36 @@ class Options(usage.Options):
                     raise usage.UsageError(
                         f"bad --{option} endpoint {description!r}: {error}"
                     ) from None
+        if self["allow-anonymous"] is None:
+            self["allow-anonymous"] = self["password-file"] is None
+        self["security"] = self._security_files()
+        listeners = [("mqtt", d) for d in self["mqtt"]] + [("http", d) for d in self["http"]]
+        problem = exposure_error(
+            listeners,
+            self["password-file"] is not None,
+            self["allow-anonymous"] and "allow-anonymous" in self._explicit,
+            settings.require_certificate,
+            is_tls,
+        )
+        if problem is not None:
+            raise usage.UsageError(problem)
+
+    def opt_allow_anonymous(self, value: str) -> None:
+        """yes|no: whether clients without a user name may connect (default: yes without --password-file, no with it)."""
+        self["allow-anonymous"] = yes_no(value)
+        self._explicit.add("allow-anonymous")
+
+    def _security_files(self) -> tuple[PasswordFileChecker | None, Acl | None]:
+        """Read the password and ACL files now: a bad one stops start-up in one line."""
+        passwords = acl = None
+        try:
+            if self["password-file"] is not None:
+                passwords = PasswordFileChecker(self["password-file"])
+            if self["acl-file"] is not None:
+                acl = load_acl_file(self["acl-file"])
+        except (OSError, PasswordFileError, AclFileError) as error:
+            raise usage.UsageError(str(error)) from None
+        return passwords, acl
 
     def tls_settings(self) -> TLSSettings:
         """Client-certificate settings for every TLS listener."""
@@ -280,6 +349,8 @@ class Options(usage.Options):
             max_inflight_messages=self["max-inflight-messages"],
             max_queued_messages=self["max-queued-messages"],
             max_queued_bytes=self["max-queued-bytes"],
+            max_connections=self["max-connections"],
+            message_size_limit=self["message-size-limit"],
             slow_client_grace=self["slow-client-grace"],
             max_packet_size=self["max-packet-size"],
             max_qos=self["max-qos"],
@@ -370,6 +441,30 @@ class ListenerService(Service):
         return None
 
 
+class ReloadOnHangup(Service):
+    """SIGHUP re-reads the password and ACL files, without dropping connections."""
+
+    def __init__(self, reload: Callable[[], None]) -> None:
+        self.reload = reload
+        self._previous: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._previous = signal.signal(signal.SIGHUP, self._hangup)
+
+    def stopService(self):
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
+            self._previous = None
+        return super().stopService()
+
+    def _hangup(self, signum: int, frame: Any) -> None:
+        from twisted.internet import reactor
+
+        log.info("SIGHUP: reloading the password and ACL files")
+        reactor.callFromThread(self.reload)  # type: ignore[attr-defined]
+
+
 class BrokerService(MultiService):
     """The broker's top service; with ``--log-format json`` it gives twistd a JSON log observer."""
 
@@ -401,7 +496,15 @@ def makeService(options: Options, reactor=None) -> MultiService:
 
     if reactor is None:
         from twisted.internet import reactor
-    broker = Broker(reactor, options.broker_config())
+    passwords, acl = options["security"]
+    security = Security(
+        reactor,
+        allow_anonymous=options["allow-anonymous"],
+        passwords=passwords,
+        acl=acl,
+        acl_path=options["acl-file"],
+    )
+    broker = Broker(reactor, options.broker_config(), hooks=security)
     settings = options.tls_settings()
     service = BrokerService()
     service.broker = broker
@@ -419,5 +522,6 @@ def makeService(options: Options, reactor=None) -> MultiService:
         ListenerService(reactor, description, site, endpoint).setServiceParent(service)
     if options["sys-interval"] > 0:
         SysTopicsService(SysTopics(broker, options["sys-interval"])).setServiceParent(service)
+    ReloadOnHangup(security.reload).setServiceParent(service)
     log.info("mqtt-twisted {version} starting", version=__version__)
     return service

@@ -19,6 +19,10 @@ class BrokerConfig:
     max_queued_messages: int = 1000
     #: queued payload bytes per offline or slow client; 0 = no limit
     max_queued_bytes: int = 0
+    #: open client connections at most (0 = no limit)
+    max_connections: int = 0
+    #: largest PUBLISH payload accepted (0 = only max_packet_size applies)
+    message_size_limit: int = 0
     #: seconds a connected subscriber whose queue is full may hold its publishers back
     #: before it counts as slow and messages beyond its queue are dropped (0 = never hold)
     slow_client_grace: float = 5.0

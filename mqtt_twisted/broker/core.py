@@ -9,6 +9,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mqtt_twisted.broker.config import BrokerConfig
+from mqtt_twisted.broker.hooks import Hooks
+from mqtt_twisted.broker.limits import LimitLog
 from mqtt_twisted.broker.message import Message
 from mqtt_twisted.broker.session import Handover, Session, SessionConnection, SubscriptionOptions
 from mqtt_twisted.broker.shared import SharedSubscriptions
@@ -20,6 +22,7 @@ from mqtt_twisted.topics import SubscriptionTree, validate_topic_filter
 log = Logger()
 
 SUBACK_FAILURE = 0x80
+SUBACK_NOT_AUTHORIZED = 0x87
 #: one PUBLISH in this many is timed for the metrics histogram
 PUBLISH_SAMPLE_EVERY = 64
 UNSUBACK_NO_SUBSCRIPTION = 0x11
@@ -39,11 +42,16 @@ class Broker:
         clock: IReactorTime,
         config: BrokerConfig | None = None,
         retained: RetainedStore | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.clock = clock
+        #: authentication, authorisation, storage (see broker/hooks.py)
+        self.hooks: Hooks = hooks if hooks is not None else Hooks()
         self.config = config or BrokerConfig()
         self.retained: RetainedStore = retained if retained is not None else MemoryRetainedStore()
         self.stats = BrokerStats()
+        #: exceeded limits, logged once per burst
+        self.limits = LimitLog()
         self.sessions: dict[str, Session] = {}
         self.subscriptions: SubscriptionTree[Session, SubscriptionOptions] = SubscriptionTree()
         self.shared = SharedSubscriptions()
@@ -207,7 +215,9 @@ class Broker:
             else:  # [MQTT-3.3.1-10], [MQTT-3.3.1-11]
                 self.retained.discard(message.topic)
         matched = False
-        matches = self.subscriptions.match(message.topic)
+        topic = message.topic
+        matches = self.subscriptions.match(topic)
+        read_check = self.hooks.read_check  # None: everyone may read everything
         if matches:
             matched = True
             msg_qos = message.qos
@@ -216,6 +226,8 @@ class Broker:
                 for session, opts in matches[0].items():
                     if opts.no_local and session is origin:  # [MQTT-3.8.3-3]
                         continue
+                    if read_check is not None and not read_check(session.identity, topic):
+                        continue  # not on a topic it may not read, whatever its filter
                     sid = opts.subscription_id
                     session.deliver(
                         message,
@@ -237,9 +249,13 @@ class Broker:
         """Overlapping subscriptions of one client: one copy at the highest QoS
         [MQTT-3.3.5-1], carrying every matching subscription identifier [MQTT-3.3.4-3]."""
         merged: dict[Session, list] = {}
+        read_check = self.hooks.read_check
+        topic = message.topic
         for subscribers in matches:
             for session, opts in subscribers.items():
                 if opts.no_local and session is origin:
+                    continue
+                if read_check is not None and not read_check(session.identity, topic):
                     continue
                 entry = merged.get(session)
                 if entry is None:
@@ -267,6 +283,9 @@ class Broker:
         if member is None:
             return False
         session, opts = member
+        read_check = self.hooks.read_check
+        if read_check is not None and not read_check(session.identity, message.topic):
+            return False
         sid = opts.subscription_id
         session.deliver(
             message,
@@ -284,13 +303,19 @@ class Broker:
         requests: Sequence[SubscriptionRequest],
         subscription_id: int | None = None,
     ) -> list[int]:
-        """Add subscriptions; returns one SUBACK code per request (granted QoS or 0x80)."""
+        """Add subscriptions; returns one SUBACK code per request: the granted QoS, 0x80 for
+        an invalid filter, 0x87 for one the client may read nothing through (the hooks'
+        ACL; 3.x clients see 0x80)."""
         codes = []
         max_qos = self.config.max_qos
+        may_subscribe = self.hooks.may_subscribe
         for request in requests:
             topic_filter = request.topic_filter
             if not validate_topic_filter(topic_filter):
                 codes.append(SUBACK_FAILURE)
+                continue
+            if not may_subscribe(session.identity, topic_filter):
+                codes.append(SUBACK_NOT_AUTHORIZED)
                 continue
             qos = request.qos if request.qos < max_qos else max_qos  # [MQTT-3.9.3-2]
             opts = SubscriptionOptions(
@@ -326,9 +351,12 @@ class Broker:
                 continue  # no retained messages on shared subscriptions (MQTT 5.0 section 4.8.2)
             opts = session.subscriptions.get(request.topic_filter)
             sid = opts.subscription_id if opts is not None else None
+            read_check = self.hooks.read_check
             for topic, message in self.retained.match(request.topic_filter):
                 if message.expired(now):
                     self.retained.discard(topic)
+                    continue
+                if read_check is not None and not read_check(session.identity, topic):
                     continue
                 qos = message.qos if message.qos < code else code
                 session.deliver(message, qos, True, (sid,) if sid else ())  # [MQTT-3.3.1-8]

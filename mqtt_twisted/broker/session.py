@@ -13,6 +13,7 @@ import attrs
 from twisted.logger import Logger
 
 from mqtt_twisted.broker.flow import LAG, FlowWatch
+from mqtt_twisted.broker.hooks import ClientIdentity
 from mqtt_twisted.broker.message import Message
 
 if TYPE_CHECKING:
@@ -140,7 +141,7 @@ class Session:
     __slots__ = (
         "client_id", "expiry_interval", "subscriptions", "connection", "inflight", "queue",
         "awaiting_pubrel", "expiry_call", "delayed_will", "will_call", "dropped", "slow",
-        "flow", "_dropping", "_next_id", "_stats", "_clock", "_config",
+        "flow", "identity", "_dropping", "_next_id", "_stats", "_clock", "_config",
         "_max_window", "_window", "_queued_bytes", "_inflight_bytes", "_high", "_high_bytes",
         "_low", "_low_bytes",
     )  # fmt: skip
@@ -175,6 +176,8 @@ class Session:
         self.slow = False
         #: while connected and behind: whom it holds back, how long it made the broker wait
         self.flow: FlowWatch | None = None
+        #: who its client is (from its latest CONNECT; kept while it is away)
+        self.identity: ClientIdentity = ClientIdentity(client_id)
         self._dropping = False
         self._next_id = 1
         self._stats = stats

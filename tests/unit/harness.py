@@ -32,6 +32,10 @@ class FakeClient:
     def send_bytes(self, data: bytes) -> None:
         self.protocol.dataReceived(data)
 
+    def received_bytes(self) -> bool:
+        """Whether the broker wrote anything not yet read with :meth:`received`."""
+        return bool(self.transport.value())
+
     def received(self) -> list:
         """Packets the broker wrote since the last call."""
         self._parser.feed(self.transport.value())
