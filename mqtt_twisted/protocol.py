@@ -46,7 +46,7 @@ from mqtt_twisted.packets import (
     Will,
     encode,
 )
-from mqtt_twisted.topics import validate_topic_filter
+from mqtt_twisted.topics import MAX_TOPIC_LEVELS, validate_topic_filter
 
 log = Logger()
 
@@ -113,11 +113,17 @@ class MQTTProtocol(Protocol):
         stats.listener_connections[self.listener] = (
             stats.listener_connections.get(self.listener, 0) + 1
         )
-        limit = self.broker.config.max_connections
+        broker = self.broker
+        limit = broker.config.max_connections
         if limit and stats.connections_open > limit:
-            self._over_connection_limit(limit)
+            self._over_limit("max-connections", f"--max-connections {limit} reached")
             return
-        self.broker.limits.ok("max-connections")
+        broker.limits.ok("max-connections")
+        if not broker.connection_rate.allow(self.peer_host(), self._clock.seconds()):
+            rate = broker.config.max_connection_rate
+            self._over_limit("max-connection-rate", f"--max-connection-rate {rate}/s exceeded")
+            return
+        broker.limits.ok("max-connection-rate")
         self._last_seen = self._clock.seconds()
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:  # small MQTT packets must not wait for Nagle's algorithm
@@ -142,15 +148,13 @@ class MQTTProtocol(Protocol):
         if not self._ended:
             self._end("connection lost", publish_will=True)
 
-    def _over_connection_limit(self, limit: int) -> None:
-        """--max-connections: closed at once, counted, logged once per burst."""
+    def _over_limit(self, name: str, why: str) -> None:
+        """--max-connections, --max-connection-rate: closed at once, counted, logged once
+        per burst."""
         self._ended = True
         self._stats.connections_refused += 1
         self.broker.limits.exceeded(
-            "max-connections",
-            "connection from {peer} closed: --max-connections {limit} reached",
-            peer=self._peer(),
-            limit=limit,
+            name, "connection from {peer} closed: {why}", peer=self._peer(), why=why
         )
         self.transport.loseConnection()
 
@@ -543,6 +547,10 @@ class MQTTProtocol(Protocol):
         if not topic or "+" in topic or "#" in topic:  # [MQTT-3.3.2-2], [MQTT-4.7.3-1]
             raise PacketError(
                 f"invalid topic name {topic!r} in PUBLISH", ReasonCode.TOPIC_NAME_INVALID
+            )
+        if topic.count("/") >= MAX_TOPIC_LEVELS:
+            raise PacketError(
+                f"topic name deeper than {MAX_TOPIC_LEVELS} levels", ReasonCode.TOPIC_NAME_INVALID
             )
         qos = packet.qos
         config = self.broker.config

@@ -119,7 +119,7 @@ class Options(usage.Options):
         [
             "max-queued-bytes",
             None,
-            0,
+            64 * 1024 * 1024,
             "Payload bytes queued per client, a limit beside --max-queued-messages (0 = none).",
             _bounded_int(0),
         ],
@@ -214,6 +214,21 @@ class Options(usage.Options):
             None,
             0,
             "Open client connections at most; beyond it new ones are closed at once (0 = no limit).",
+            _bounded_int(0),
+        ],
+        [
+            "max-subscriptions-per-client",
+            None,
+            10_000,
+            "Subscriptions one client may hold; more get SUBACK 0x97 / 0x80 (0 = no limit).",
+            _bounded_int(0),
+        ],
+        [
+            "max-connection-rate",
+            None,
+            0,
+            "New connections per second from one address; beyond it they are closed at once "
+            "(0 = no limit).",
             _bounded_int(0),
         ],
         [
@@ -351,6 +366,8 @@ class Options(usage.Options):
             max_queued_bytes=self["max-queued-bytes"],
             max_connections=self["max-connections"],
             message_size_limit=self["message-size-limit"],
+            max_subscriptions_per_client=self["max-subscriptions-per-client"],
+            max_connection_rate=self["max-connection-rate"],
             slow_client_grace=self["slow-client-grace"],
             max_packet_size=self["max-packet-size"],
             max_qos=self["max-qos"],

@@ -35,9 +35,17 @@ def _fits_utf8(text: str) -> bool:
         return False
 
 
+#: topic levels at most (Mosquitto's TOPIC_HIERARCHY_LIMIT): deeper topics and filters are
+#: refused, so no client can make the tries arbitrarily deep
+MAX_TOPIC_LEVELS = 200
+
+
 def validate_topic_name(topic: str) -> bool:
-    """Check a PUBLISH topic name: non-empty, no wildcards, no U+0000, <= 65535 bytes."""
+    """Check a PUBLISH topic name: non-empty, no wildcards, no U+0000, <= 65535 bytes,
+    at most MAX_TOPIC_LEVELS levels."""
     if not topic:  # [MQTT-4.7.3-1]
+        return False
+    if topic.count("/") >= MAX_TOPIC_LEVELS:
         return False
     if "+" in topic or "#" in topic:  # [MQTT-3.3.2-2]
         return False
@@ -66,6 +74,8 @@ def _valid_plain_filter(topic_filter: str) -> bool:
 def validate_topic_filter(topic_filter: str) -> bool:
     """Check a SUBSCRIBE/UNSUBSCRIBE filter, including ``$share/GROUP/FILTER``."""
     if not topic_filter or "\x00" in topic_filter:  # [MQTT-4.7.3-1] [MQTT-4.7.3-2]
+        return False
+    if topic_filter.count("/") >= MAX_TOPIC_LEVELS:
         return False
     if not _fits_utf8(topic_filter):
         return False

@@ -17,12 +17,17 @@ class BrokerConfig:
     max_inflight_messages: int = 20
     #: queued messages per offline or slow client; 0 = no limit
     max_queued_messages: int = 1000
-    #: queued payload bytes per offline or slow client; 0 = no limit
-    max_queued_bytes: int = 0
+    #: queued payload bytes per offline or slow client; 0 = no limit. The default keeps a
+    #: broker's memory bounded even with large messages (1,000 x 2 MB would be 2 GB a client)
+    max_queued_bytes: int = 64 * 1024 * 1024
     #: open client connections at most (0 = no limit)
     max_connections: int = 0
     #: largest PUBLISH payload accepted (0 = only max_packet_size applies)
     message_size_limit: int = 0
+    #: subscriptions one client may hold (0 = no limit)
+    max_subscriptions_per_client: int = 10_000
+    #: new connections per second from one source address (0 = no limit)
+    max_connection_rate: int = 0
     #: seconds a connected subscriber whose queue is full may hold its publishers back
     #: before it counts as slow and messages beyond its queue are dropped (0 = never hold)
     slow_client_grace: float = 5.0

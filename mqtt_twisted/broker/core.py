@@ -10,7 +10,7 @@ from twisted.logger import Logger
 
 from mqtt_twisted.broker.config import BrokerConfig
 from mqtt_twisted.broker.hooks import Hooks
-from mqtt_twisted.broker.limits import LimitLog
+from mqtt_twisted.broker.limits import ConnectionRate, LimitLog
 from mqtt_twisted.broker.message import Message
 from mqtt_twisted.broker.session import Handover, Session, SessionConnection, SubscriptionOptions
 from mqtt_twisted.broker.shared import SharedSubscriptions
@@ -23,6 +23,7 @@ log = Logger()
 
 SUBACK_FAILURE = 0x80
 SUBACK_NOT_AUTHORIZED = 0x87
+SUBACK_QUOTA_EXCEEDED = 0x97
 #: one PUBLISH in this many is timed for the metrics histogram
 PUBLISH_SAMPLE_EVERY = 64
 UNSUBACK_NO_SUBSCRIPTION = 0x11
@@ -52,6 +53,7 @@ class Broker:
         self.stats = BrokerStats()
         #: exceeded limits, logged once per burst
         self.limits = LimitLog()
+        self.connection_rate = ConnectionRate(self.config.max_connection_rate)
         self.sessions: dict[str, Session] = {}
         self.subscriptions: SubscriptionTree[Session, SubscriptionOptions] = SubscriptionTree()
         self.shared = SharedSubscriptions()
@@ -309,6 +311,7 @@ class Broker:
         codes = []
         max_qos = self.config.max_qos
         may_subscribe = self.hooks.may_subscribe
+        max_subscriptions = self.config.max_subscriptions_per_client
         for request in requests:
             topic_filter = request.topic_filter
             if not validate_topic_filter(topic_filter):
@@ -316,6 +319,21 @@ class Broker:
                 continue
             if not may_subscribe(session.identity, topic_filter):
                 codes.append(SUBACK_NOT_AUTHORIZED)
+                continue
+            if (
+                max_subscriptions
+                and topic_filter not in session.subscriptions
+                and len(session.subscriptions) >= max_subscriptions
+            ):
+                self.stats.subscriptions_refused += 1
+                self.limits.exceeded(
+                    "max-subscriptions-per-client",
+                    "client {client_id} has {count} subscriptions: no more "
+                    "(--max-subscriptions-per-client)",
+                    client_id=session.client_id,
+                    count=max_subscriptions,
+                )
+                codes.append(SUBACK_QUOTA_EXCEEDED)
                 continue
             qos = request.qos if request.qos < max_qos else max_qos  # [MQTT-3.9.3-2]
             opts = SubscriptionOptions(

@@ -27,8 +27,9 @@ class BrokerStats:
     #: network connections open now, and those closed at once for --max-connections
     connections_open: int = 0
     connections_refused: int = 0
-    #: PUBLISH refused for --message-size-limit
+    #: PUBLISH refused for --message-size-limit, SUBSCRIBE filters for too many
     publish_too_large: int = 0
+    subscriptions_refused: int = 0
     clients_expired: int = 0
     clients_maximum: int = 0
     #: messages held for clients (queued or in flight) and their payload bytes, kept up to

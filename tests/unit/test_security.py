@@ -133,3 +133,50 @@ def test_acl_applies_to_retained_messages(tmp_path):
     alice.send(Subscribe(3, [SubscriptionRequest("#", 0)]))
     _suback, *messages = alice.received()
     assert [(m.topic, m.payload) for m in messages] == [("open/x", b"readable")]
+
+
+def test_topics_deeper_than_the_level_limit_are_refused():
+    """At most MAX_TOPIC_LEVELS levels: a deeper PUBLISH is an invalid topic name
+    (DISCONNECT 0x90), a deeper filter gets SUBACK 0x8F; neither grows the tries."""
+    from mqtt_twisted.packets import Subscribe, SubscriptionRequest
+    from mqtt_twisted.topics import MAX_TOPIC_LEVELS
+
+    broker, clock = make_broker()
+    client = connected(broker, "deep", level=5)
+    deep = "/".join(["x"] * (MAX_TOPIC_LEVELS + 1))
+    ok = "/".join(["x"] * MAX_TOPIC_LEVELS)
+    client.send(Subscribe(1, [SubscriptionRequest(deep, 0), SubscriptionRequest(ok, 0)]))
+    (suback,) = client.received()
+    assert suback.reason_codes == [0x8F, 0]
+    client.send(Publish(deep, b"x"))
+    (disconnect,) = client.received()
+    assert disconnect.reason_code == 0x90
+
+
+def test_subscriptions_per_client_are_bounded():
+    from mqtt_twisted.packets import Subscribe, SubscriptionRequest
+
+    broker, clock = make_broker(max_subscriptions_per_client=3)
+    client = connected(broker, "many", level=5)
+    requests = [SubscriptionRequest(f"t/{i}", 0) for i in range(5)]
+    client.send(Subscribe(1, requests))
+    (suback,) = client.received()
+    assert suback.reason_codes == [0, 0, 0, 0x97, 0x97]  # Quota exceeded
+    client.send(Subscribe(2, [SubscriptionRequest("t/0", 1)]))  # replacing one is fine
+    assert client.received()[0].reason_codes == [1]
+    v3 = connected(broker, "many3")
+    v3.send(Subscribe(1, requests))
+    assert v3.received()[0].reason_codes == [0, 0, 0, 0x80, 0x80]
+    assert broker.stats.subscriptions_refused == 4
+
+
+def test_connection_rate_per_address():
+    """--max-connection-rate 3: a burst of three from one address, then one more per third
+    of a second; the others are closed at once and counted."""
+    broker, clock = make_broker(max_connection_rate=3)
+    burst = [FakeClient(broker) for _ in range(5)]
+    assert [c.closed for c in burst] == [False, False, False, True, True]
+    clock.advance(1 / 3)
+    assert not FakeClient(broker).closed
+    assert FakeClient(broker).closed
+    assert broker.stats.connections_refused == 3
