@@ -127,3 +127,71 @@ def test_acl_file_through_twistd(twistd, tmp_path):
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def rss_mib(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_default_limits_keep_memory_bounded_with_large_messages(twistd):
+    """10 offline persistent sessions, each sent 200 distinct 1 MiB QoS 1 messages (2 GiB in
+    all): with the default --max-queued-bytes the broker stays well under 1 GiB, and every
+    PUBLISH is still acknowledged (what does not fit is dropped and counted)."""
+    import socket
+    import threading
+
+    from mqtt_twisted.packets import Connect, Publish, Subscribe, SubscriptionRequest, encode
+
+    port = free_port()
+    broker = twistd(
+        "--mqtt", f"tcp:{port}:interface=127.0.0.1", "--http", "none", "--sys-interval", "0"
+    )
+    for i in range(10):  # subscribe, then go away (clean session 0: the session stays)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(encode(Connect(f"away-{i}", clean_start=False), 4))
+            sock.recv(4)
+            sock.sendall(encode(Subscribe(1, [SubscriptionRequest(f"mem/{i}", 1)]), 4))
+            sock.recv(5)
+    before = rss_mib(broker.pid)
+    acks = 0
+    done = threading.Event()
+
+    publisher = socket.create_connection(("127.0.0.1", port), timeout=30)
+    publisher.sendall(encode(Connect("big-publisher"), 4))
+    assert publisher.recv(4) == b"\x20\x02\x00\x00"
+
+    def read_acks() -> None:
+        nonlocal acks
+        buffer = b""
+        while acks < 2000:
+            data = publisher.recv(65536)
+            if not data:
+                break
+            buffer += data
+            while len(buffer) >= 4:
+                assert buffer[0] == 0x40
+                acks += 1
+                buffer = buffer[4:]
+        done.set()
+
+    reader = threading.Thread(target=read_acks, daemon=True)
+    reader.start()
+    peak = before
+    try:
+        for n in range(200):
+            for i in range(10):
+                payload = (b"%06d-%d-" % (n, i)).ljust(1 << 20, b"x")  # distinct, 1 MiB
+                packet_id = (n * 10 + i) % 65535 + 1
+                publisher.sendall(encode(Publish(f"mem/{i}", payload, 1, packet_id=packet_id), 4))
+            if n % 20 == 0:
+                peak = max(peak, rss_mib(broker.pid))
+        assert done.wait(120), f"only {acks} of 2000 PUBLISHes acknowledged"
+        peak = max(peak, rss_mib(broker.pid))
+    finally:
+        publisher.close()
+    assert acks == 2000
+    assert peak < 1024, f"broker RSS reached {peak:.0f} MiB"
+    assert peak - before < 10 * 64 + 200  # 64 MiB a session, plus working memory

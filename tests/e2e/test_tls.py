@@ -311,3 +311,28 @@ def test_twistd_with_missing_key_exits_with_one_error_line(tmp_path):
     errors = [line for line in output.splitlines() if "missing.pem" in line]
     assert len(errors) == 1, output
     assert "cannot read" in errors[0] and "No such file" in errors[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_certificate_identity_feeds_the_acl(serve, tclients, certificates, tmp_path):
+    """With --use-identity-as-username the certificate's CN is the user the ACL knows:
+    device-42 may use devices/42/# and nothing else."""
+    acl = tmp_path / "acl"
+    acl.write_text("user device-42\ntopic readwrite devices/42/#\n")
+    served = serve(
+        "--mqtt",
+        ssl_endpoint(certificates),
+        "--cafile",
+        str(certificates.ca),
+        "--use-identity-as-username",
+        "--acl-file",
+        str(acl),
+    )
+    client = tclients(served.mqtt[0], client_id="dev", tls=with_client_cert(certificates))
+    await client.connect()
+    own = await client.subscribe("devices/42/#", 1)
+    other = await client.subscribe("devices/43/#", 1)
+    assert own[0].value == 1 and other[0].is_failure
+    await client.publish("devices/42/temp", b"21", qos=1)
+    message = await client.message()
+    assert (message.topic, message.payload) == ("devices/42/temp", b"21")
