@@ -9,10 +9,11 @@ const $ = (id) => document.getElementById(id);
 const url = defaultBrokerURL();
 const client = new MQTTClient(url, { clientId: `dashboard-${Math.random().toString(16).slice(2, 10)}` });
 const sys = new SysStats({ historyLength: 60 });
+const CHART_WAITING = "waiting for $SYS/broker/… figures";
 const chart = new RateChart($("rate-chart"), [
   { key: "inRate", label: "in", colorVar: "--in" },
   { key: "outRate", label: "out", colorVar: "--out" },
-], { length: 60, emptyText: "waiting for $SYS/broker/… figures" });
+], { length: 60, emptyText: CHART_WAITING });
 
 $("broker-url").textContent = url;
 
@@ -115,6 +116,22 @@ function onSys(topic, payload) {
   }, 150);
 }
 
+/** Whether the broker lets this client read $SYS (the ACL may deny it): say so if not. */
+function showSysAccess(allowed) {
+  const info = $("sys-info");
+  if (allowed) {
+    info.hidden = true;
+    info.textContent = "";
+    chart.emptyText = CHART_WAITING;
+  } else {
+    const who = client.options.username == null ? "anonymous clients" : client.options.username;
+    info.textContent = `The broker does not let ${who} read ${SYS_FILTER}: no broker figures to show.`;
+    info.hidden = false;
+    chart.emptyText = `no access to ${SYS_FILTER}`;
+  }
+  chart.draw();
+}
+
 setInterval(() => {
   if (client.connected) renderUptime();
 }, 1000);
@@ -203,6 +220,19 @@ function showMessage({ topic, payload, qos, retain }) {
   list.prepend(item);
   while (list.childElementCount > MAX_MESSAGES) list.lastElementChild.remove();
 }
+
+// The SUBACK for the subscriptions (re)made on connect: $SYS and the watched filter.
+client.addEventListener("subscribed", (event) => {
+  for (const { filter, granted } of event.detail.filters) {
+    if (filter === SYS_FILTER) {
+      showSysAccess(granted !== 0x80);
+    } else if (filter === watchFilter && granted === 0x80) {
+      client.unsubscribe(filter).catch(() => {});
+      setWatching(null);
+      $("watch-info").textContent = `The broker refused the subscription to ${filter}.`;
+    }
+  }
+});
 
 client.addEventListener("message", (event) => {
   const message = event.detail;

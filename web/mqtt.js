@@ -335,6 +335,8 @@ export function defaultBrokerURL(location = globalThis.location) {
  *   "state"   {state, previous, retryIn?}  every state change
  *   "connect" {sessionPresent}             after CONNACK 0
  *   "refused" {returnCode, reason}         CONNACK != 0
+ *   "subscribed" {filters: [{filter, qos, granted}]}  SUBACK for the subscriptions restored
+ *                                          after CONNACK (granted 0x80: refused)
  *   "message" {topic, payload (Uint8Array), qos, retain, dup}
  *   "close"   {code, reason, wasClean}     the WebSocket closed
  *   "error"   {error}                      protocol errors and the like
@@ -593,7 +595,12 @@ export class MQTTClient extends EventTarget {
     }
     if (this.subscriptions.size) {
       const filters = [...this.subscriptions];
-      this._request("subscribe", (id) => encodeSubscribe(id, filters)).catch(() => {});
+      this._request("subscribe", (id) => encodeSubscribe(id, filters)).then((packet) => {
+        // Refused filters (0x80) stay remembered: the broker may allow them on a later connect.
+        this._emit("subscribed", {
+          filters: filters.map(([filter, qos], i) => ({ filter, qos, granted: packet.granted[i] })),
+        });
+      }).catch(() => {});
     }
     for (const entry of this._pending.values()) {
       if (entry.kind === "publish") {

@@ -226,7 +226,13 @@ def open_test_page(page, broker: BrokerProcess) -> None:
 class SyncPaho:
     """A paho-mqtt client for plain (non-reactor) tests."""
 
-    def __init__(self, port: int, client_id: str = "") -> None:
+    def __init__(
+        self,
+        port: int,
+        client_id: str = "",
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         import queue
 
         import paho.mqtt.client as mqtt
@@ -239,6 +245,8 @@ class SyncPaho:
         self.client.on_message = lambda c, u, msg: self.messages.put(msg)
         self.client.on_subscribe = lambda c, u, mid, codes, props: self._subacks.put(codes)
         self.client.on_connect = lambda c, u, flags, rc, props: connected.put(rc)
+        if username is not None:
+            self.client.username_pw_set(username, password)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         assert not connected.get(timeout=5).is_failure
@@ -262,8 +270,10 @@ class SyncPaho:
 def paho():
     made: list[SyncPaho] = []
 
-    def make(port: int, client_id: str = "") -> SyncPaho:
-        client = SyncPaho(port, client_id)
+    def make(
+        port: int, client_id: str = "", username: str | None = None, password: str | None = None
+    ) -> SyncPaho:
+        client = SyncPaho(port, client_id, username, password)
         made.append(client)
         return client
 
