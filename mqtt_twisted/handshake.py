@@ -123,12 +123,16 @@ class Handshake:
         else:
             self._answered(result)
 
-    def _answered(self, result: Authenticated | Challenge) -> None:
-        protocol = self.protocol
+    def _answer_arrived(self) -> bool:
+        """The awaited answer came: the connection may read again; False if it is gone."""
         if self._waiting:
             self._waiting = False
-            protocol.done_waiting(self)
-        if protocol.ended:
+            self.protocol.done_waiting(self)
+        return not self.protocol.ended
+
+    def _answered(self, result: Authenticated | Challenge) -> None:
+        protocol = self.protocol
+        if not self._answer_arrived():
             return
         if isinstance(result, Challenge):
             self._respond = result.respond
@@ -156,11 +160,7 @@ class Handshake:
         protocol.accept(self, result.data)
 
     def _failed(self, failure: Failure) -> None:
-        protocol = self.protocol
-        if self._waiting:
-            self._waiting = False
-            protocol.done_waiting(self)
-        if protocol.ended:
+        if not self._answer_arrived():
             return
         if failure.check(Refused):
             self.refuse(failure.value)
