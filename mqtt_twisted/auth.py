@@ -117,6 +117,7 @@ class Security(Hooks):
     def set_acl(self, acl: Acl | None) -> None:
         """Use ``acl`` from now on (None: every client may read and write everything)."""
         self.acl = acl
+        self.plain_topics_writable = acl is None
         if acl is None:
             self.read_check = None
             return

@@ -92,7 +92,7 @@ class MQTTProtocol(Protocol):
         self._outbound_aliases: OutboundAliases | None = None
         self._clock = broker.clock
         self._stats = broker.stats
-        self._may_publish = broker.hooks.may_publish
+        self._hooks = broker.hooks
         self._parser = Parser(max_packet_size=broker.config.max_packet_size)
         self._ended = False
         self._last_seen = 0.0
@@ -206,7 +206,7 @@ class MQTTProtocol(Protocol):
                 client_id=session.client_id,
                 peer=self._peer(),
                 listener=self.listener,
-                reason=reason,
+                reason=_short(reason),
             )
         self.transport.unregisterProducer()
         if told and self.transport.connected:
@@ -226,7 +226,7 @@ class MQTTProtocol(Protocol):
         allowed = self.terms is None or self.terms.request_problem_information
         return _fitting(
             lambda properties: encode(Disconnect(reason_code, properties), MQTT_5),
-            {Property.REASON_STRING: reason} if allowed else {},
+            {Property.REASON_STRING: _short(reason)} if allowed else {},
             self.max_packet_size,
         )
 
@@ -290,7 +290,6 @@ class MQTTProtocol(Protocol):
         """Handle buffered packets: at most PACKETS_PER_TURN, and none while held."""
         parser = self._parser
         handlers = HANDLERS
-        stats = self._stats
         gate = self._input
         budget = PACKETS_PER_TURN
         self._last_seen = self._clock.seconds()
@@ -299,14 +298,18 @@ class MQTTProtocol(Protocol):
                 packet = parser.next_packet()
                 if packet is None:
                     return
-                stats.messages_received += 1
+                budget -= 1
                 handlers[packet.type](self, packet)  # type: ignore[operator]
                 if self._ended or not gate.open:
                     return
-                budget -= 1
             if parser.buffered:
                 gate.next_turn()
         except UnsupportedProtocolVersion as error:
+            if self.session is not None or self._handshake is not None:  # [MQTT-3.1.0-2]
+                self._violation(
+                    PacketError("second CONNECT on a connection", ReasonCode.PROTOCOL_ERROR)
+                )
+                return
             self.refuse(
                 Refused(
                     str(error.message),
@@ -317,6 +320,8 @@ class MQTTProtocol(Protocol):
             )
         except PacketError as error:
             self._violation(error)
+        finally:
+            self._stats.messages_received += PACKETS_PER_TURN - budget
 
     def _violation(self, error: PacketError) -> None:
         """A malformed packet or protocol error: log it and close (will published)."""
@@ -332,7 +337,9 @@ class MQTTProtocol(Protocol):
             self._end(error.message, publish_will=False)
             return
         kind = "packet too large" if isinstance(error, PacketTooLarge) else "protocol error"
-        self._end(f"{kind}: {error.message}", publish_will=True, reason_code=error.reason_code)
+        self._end(
+            f"{kind}: {_short(error.message)}", publish_will=True, reason_code=error.reason_code
+        )
 
     # -- bytes out --------------------------------------------------------------------
 
@@ -495,7 +502,7 @@ class MQTTProtocol(Protocol):
         code = refused.code_v5 if level == MQTT_5 else refused.code_v3
         if code is not None:  # [MQTT-3.2.2-5]
             properties = (
-                {Property.REASON_STRING: refused.reason}
+                {Property.REASON_STRING: _short(refused.reason)}
                 if level == MQTT_5 and problem_information
                 else {}
             )
@@ -510,7 +517,7 @@ class MQTTProtocol(Protocol):
             "refused connection from {peer} (listener {listener}): {reason}",
             peer=self._peer(),
             listener=self.listener,
-            reason=refused.reason,
+            reason=_short(refused.reason),
         )
         self._end(refused.reason, publish_will=False, told=code is not None)
 
@@ -548,7 +555,7 @@ class MQTTProtocol(Protocol):
             raise PacketError(
                 f"invalid topic name {topic!r} in PUBLISH", ReasonCode.TOPIC_NAME_INVALID
             )
-        if topic.count("/") >= MAX_TOPIC_LEVELS:
+        if len(topic) >= MAX_TOPIC_LEVELS and topic.count("/") >= MAX_TOPIC_LEVELS:
             raise PacketError(
                 f"topic name deeper than {MAX_TOPIC_LEVELS} levels", ReasonCode.TOPIC_NAME_INVALID
             )
@@ -564,7 +571,10 @@ class MQTTProtocol(Protocol):
         # acknowledged and dropped, 5.0 refused with 0x87.
         session = self.session
         assert session is not None  # the parser lets nothing but CONNECT come first
-        routed = self._may_publish(session.identity, topic)
+        if topic[0] == "$" or not self._hooks.plain_topics_writable:
+            routed = self._hooks.may_publish(session.identity, topic)
+        else:  # the hooks allow every topic not starting with "$": no call per message
+            routed = True
         size_limit = config.message_size_limit
         if size_limit and len(packet.payload) > size_limit:
             self._payload_too_large(packet, size_limit)
@@ -734,6 +744,16 @@ class MQTTProtocol(Protocol):
         if self._handshake is None or self._handshake.method is None:  # [MQTT-4.12.0-1]
             raise PacketError("AUTH without an authentication method", ReasonCode.PROTOCOL_ERROR)
         self._handshake.auth(packet)
+
+
+#: characters of a reason (Reason String, log line) kept: a reason quoting a client's topic
+#: or client id must not exceed an MQTT string, nor flood the log
+MAX_REASON = 200
+
+
+def _short(reason: str) -> str:
+    """``reason``, cut to MAX_REASON characters."""
+    return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…"
 
 
 def _fitting(

@@ -106,6 +106,15 @@ class Hooks:
     #: called as ``read_check(identity, topic)`` for every delivery, or None when every
     #: client may read every topic (the fast path: no call at all)
     read_check: Callable[[ClientIdentity, str], bool] | None = None
+    #: True while :meth:`may_publish` allows every topic not starting with ``$`` to every
+    #: client (no ACL): the protocol then calls it only for ``$`` topics. A subclass that
+    #: overrides may_publish gets False unless it says otherwise.
+    plain_topics_writable: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "plain_topics_writable" not in cls.__dict__:
+            cls.plain_topics_writable = cls.may_publish is Hooks.may_publish
 
     def authenticate(self, request: ConnectRequest) -> AuthResult | Deferred[Any]:
         """Accept or refuse a CONNECT (raise or fail with ``Refused``); no enhanced

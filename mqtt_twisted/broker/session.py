@@ -31,6 +31,10 @@ MAX_PACKET_ID = 65535
 #: in-flight window drains slowly, and the publisher should be read again soon (measured
 #: with bench/ flood-qos1: 50 % gave 26-32k msg/s, 90 % about 40k).
 LOW_WATER_PERCENT = 90
+#: messages nobody can be held back for (wills, $SYS, retained messages on SUBSCRIBE, a
+#: client's own messages) may fill a connected client's queue up to this many times its
+#: limit before they are dropped
+HARD_LIMIT_FACTOR = 2
 
 
 class Queued(NamedTuple):
@@ -274,22 +278,36 @@ class Session:
         self.dropped += 1
         self._stats.publish_dropped += 1
 
-    def _full(self, size: int) -> bool:
-        """Whether a message of ``size`` payload bytes does not fit in the queue."""
+    def _full(self, size: int, factor: int = 1) -> bool:
+        """Whether a message of ``size`` payload bytes does not fit in the queue (of
+        ``factor`` times its limit)."""
         queue = self.queue
-        if len(queue) >= self._high:
+        if len(queue) >= self._high * factor:
             return True
-        high_bytes = self._high_bytes
+        high_bytes = self._high_bytes * factor
         return bool(high_bytes and queue) and self._queued_bytes + size > high_bytes
 
     def _enqueue(self, item: Queued, origin: Session | None) -> None:
-        if self._full(len(item.message.payload)):
-            if self.connection is not None and not self.slow:
+        size = len(item.message.payload)
+        if self._full(size):
+            if self.connection is None:
+                self._drop()  # offline: bounded by dropping
+                return
+            if origin is None or origin is self:
+                # Nobody to hold back: a will, $SYS, retained messages on SUBSCRIBE, or its
+                # own messages (whose acknowledgements share its input). They may use a
+                # second limit's worth of room, then they are dropped: bounded all the same.
+                if self._full(size, HARD_LIMIT_FACTOR):
+                    self._drop()
+                    return
+                self._push(item)
+                return
+            if not self.slow:
                 # Connected and within its grace time: keep the message and hold back its
                 # publisher, so the queue exceeds the limit by at most one message per
                 # publisher.
                 self._hold(origin)
-            if self.connection is None or self.slow:
+            if self.slow:
                 self._drop()
                 return
         self._push(item)
@@ -336,9 +354,7 @@ class Session:
         flow = self.flow
         if flow is None:
             flow = self.flow = FlowWatch(self._clock, grace, self._client_lags, self._become_slow)
-        if origin is None or origin is self:
-            return  # a will, $SYS, a retained burst; or its own input, which carries its acks
-        reader = origin.connection
+        reader = origin.connection if origin is not None else None
         if reader is not None and reader not in flow.holding:
             flow.holding.add(reader)
             reader.hold_input(self)
