@@ -27,6 +27,18 @@ COUNTERS = {
     "bytes_sent": ("bytes_sent", "bytes sent on all connections"),
     "connections": ("connections_total", "accepted MQTT connections (CONNACK 0)"),
     "clients_expired": ("clients_expired", "persistent sessions removed after expiry"),
+    "connections_refused": (
+        "connections_refused",
+        "connections closed at once for --max-connections or --max-connection-rate",
+    ),
+    "publish_messages_too_large": (
+        "publish_too_large",
+        "PUBLISH refused for --message-size-limit",
+    ),
+    "subscriptions_refused": (
+        "subscriptions_refused",
+        "filters refused for --max-subscriptions-per-client",
+    ),
 }
 
 

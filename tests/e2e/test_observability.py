@@ -169,3 +169,22 @@ def test_json_log_format_from_twistd(tmp_path):
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest_twisted.ensureDeferred
+async def test_exceeded_limits_are_counted_and_logged_once_per_burst(serve, raw):
+    """--max-connections 2: three more connections are closed at once; /metrics counts 3,
+    the log has one line for the burst."""
+    served = serve("--mqtt", TCP, "--http", TCP, "--max-connections", "2")
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        sockets = [raw(served.mqtt[0]) for _ in range(5)]
+        await sleep(0.5)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert len(sockets) == 5
+    samples = await deferToThread(scrape, served.http[0])
+    assert samples["mqtt_connections_refused_total"] == 3
+    lines = [e for e in events if "max-connections" in str(e.get("why", ""))]
+    assert len(lines) == 1
