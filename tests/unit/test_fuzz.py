@@ -788,15 +788,6 @@ class Conn:
             self.protocol.connectionLost(None)
 
 
-def subscribed(session: Any, topic: str) -> bool:
-    """Whether one of the session's filters (shared or not) matches ``topic``."""
-    for topic_filter in session.subscriptions:
-        shared = parse_shared_subscription(topic_filter)
-        if topic_matches(shared[1] if shared else topic_filter, topic):
-            return True
-    return False
-
-
 class World:
     """A broker and the connections driving it, with the bookkeeping the checks need."""
 
@@ -810,12 +801,8 @@ class World:
         self.track = track
         self.keep_inbox = track
         self.accepted_ids: set[str] = set()
-        #: per session: deliveries its own packets caused (own PUBLISH matching its own
-        #: subscriptions, retained messages on SUBSCRIBE)
-        self.own: Counter[Any] = Counter()
-        #: publishing connections -> their session; messages with no publisher (wills, handovers)
+        #: publishing connections -> their session
         self.publishers: dict[int, Any] = {}
-        self.anonymous = 0
         #: per session: 1 + the most shared subscriptions it had (routes a message may take)
         self.routes: dict[Any, int] = {}
         if track:
@@ -823,31 +810,14 @@ class World:
 
     def _instrument(self) -> None:
         broker = self.broker
-        publish, send_retained, deliver_shared = (
-            broker.publish, broker.send_retained, broker._deliver_shared
-        )  # fmt: skip
+        publish = broker.publish
 
         def counted_publish(message: Any, origin: Any = None) -> bool:
-            if origin is None:
-                self.anonymous += 1
-            else:
+            if origin is not None:
                 self.publishers[id(origin.connection)] = origin
-                if subscribed(origin, message.topic):
-                    self.own[origin] += 1
             return publish(message, origin)
 
-        def counted_send_retained(session: Any, requests: Any, *args: Any) -> None:
-            self.own[session] += len(requests) * len(broker.retained)
-            send_retained(session, requests, *args)
-
-        def counted_deliver_shared(group: Any, message: Any, origin: Any = None) -> bool:
-            if origin is None:
-                self.anonymous += 1
-            return deliver_shared(group, message, origin)
-
         broker.publish = counted_publish
-        broker.send_retained = counted_send_retained
-        broker._deliver_shared = counted_deliver_shared
 
     # -- actions --------------------------------------------------------------------------
 
