@@ -118,7 +118,7 @@ class Handshake:
         if isinstance(result, Deferred):
             if not result.called:  # a cached or anonymous answer goes on at once
                 self._waiting = True
-                self.protocol.wait_for(self)
+                self.protocol.hold_input(self)
             result.addCallbacks(self._answered, self._failed)
         else:
             self._answered(result)
@@ -127,7 +127,7 @@ class Handshake:
         """The awaited answer came: the connection may read again; False if it is gone."""
         if self._waiting:
             self._waiting = False
-            self.protocol.done_waiting(self)
+            self.protocol.release_input(self)
         return not self.protocol.ended
 
     def _answered(self, result: Authenticated | Challenge) -> None:

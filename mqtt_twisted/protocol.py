@@ -277,13 +277,14 @@ class MQTTProtocol(PublishFlow, Protocol):
 
     # -- flow control of input (see mqtt_twisted.inputgate) ----------------------------
 
-    def hold_input(self, by: Session) -> None:
-        """A subscriber this connection publishes to is full: stop reading for now."""
+    def hold_input(self, by: object) -> None:
+        """Stop handling input for now: a subscriber this connection publishes to is full,
+        or the handshake awaits an answer."""
         if not self._ended:
             self._input.hold(by)
 
-    def release_input(self, by: Session) -> None:
-        """That subscriber drained (or gave up waiting): read and handle input again."""
+    def release_input(self, by: object) -> None:
+        """``by`` no longer needs this connection to wait: read and handle input again."""
         if not self._ended:
             self._input.release(by)
 
@@ -431,14 +432,6 @@ class MQTTProtocol(PublishFlow, Protocol):
     def send_packet(self, packet) -> None:
         """Encode and write one packet at this connection's protocol level."""
         self._send(packet)
-
-    def wait_for(self, by: object) -> None:
-        """Handle no more input until ``done_waiting(by)`` (an answer is awaited)."""
-        self._input.hold(by)
-
-    def done_waiting(self, by: object) -> None:
-        if not self._ended:
-            self._input.release(by)
 
     def refuse(
         self,

@@ -264,8 +264,6 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
-        #: options given on the command line (not defaults)
-        self._explicit: set[str] = set()
         self["allow-anonymous"] = None
         self["mqtt"] = []
         self["http"] = []
@@ -315,6 +313,7 @@ class Options(usage.Options):
                     raise usage.UsageError(
                         f"bad --{option} endpoint {description!r}: {error}"
                     ) from None
+        explicit_yes = self["allow-anonymous"] is True  # None until --allow-anonymous
         if self["allow-anonymous"] is None:
             self["allow-anonymous"] = self["password-file"] is None
         self["security"] = self._security_files()
@@ -322,7 +321,7 @@ class Options(usage.Options):
         problem = exposure_error(
             listeners,
             self["password-file"] is not None,
-            self["allow-anonymous"] and "allow-anonymous" in self._explicit,
+            explicit_yes,
             settings.require_certificate,
             is_tls,
         )
@@ -332,7 +331,6 @@ class Options(usage.Options):
     def opt_allow_anonymous(self, value: str) -> None:
         """yes|no: whether clients without a user name may connect (default: yes without --password-file, no with it)."""
         self["allow-anonymous"] = yes_no(value)
-        self._explicit.add("allow-anonymous")
 
     def _security_files(self) -> tuple[PasswordFileChecker | None, Acl | None]:
         """Read the password and ACL files now: a bad one stops start-up in one line."""

@@ -50,8 +50,3 @@ class BrokerConfig:
     def queue_high_water(self) -> int:
         """Queued messages at which a connected subscriber holds its publishers back."""
         return self.max_queued_messages or DEFAULT_HIGH_WATER
-
-    @property
-    def queue_high_water_bytes(self) -> int:
-        """Queued payload bytes at which it does the same (0: bytes do not count)."""
-        return self.max_queued_bytes

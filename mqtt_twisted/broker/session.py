@@ -55,16 +55,6 @@ class Handover(NamedTuple):
     group: Any
 
 
-class InputReader(Protocol):
-    """A publishing connection whose input a full subscriber may hold back."""
-
-    def hold_input(self, by: Session) -> None:
-        """Stop reading this connection's input until ``by`` releases it."""
-
-    def release_input(self, by: Session) -> None:
-        """``by`` no longer needs this connection to wait."""
-
-
 class SessionConnection(Protocol):
     """What a session needs of the connection it is attached to."""
 
@@ -97,10 +87,10 @@ class SessionConnection(Protocol):
     def shut_down(self) -> None:
         """Close this connection because the broker is stopping."""
 
-    def hold_input(self, by: Session) -> None:
+    def hold_input(self, by: object) -> None:
         """Stop reading this connection's input until ``by`` releases it."""
 
-    def release_input(self, by: Session) -> None:
+    def release_input(self, by: object) -> None:
         """``by`` no longer needs this connection to wait."""
 
 
@@ -192,7 +182,7 @@ class Session:
         self._queued_bytes = 0
         self._inflight_bytes = 0
         self._high = config.queue_high_water
-        self._high_bytes = config.queue_high_water_bytes
+        self._high_bytes = config.max_queued_bytes
         self._low = self._high * LOW_WATER_PERCENT // 100
         self._low_bytes = self._high_bytes * LOW_WATER_PERCENT // 100
 
@@ -407,7 +397,7 @@ class Session:
                 dropped=self.dropped,
             )
 
-    def forget_reader(self, reader: InputReader) -> None:
+    def forget_reader(self, reader: SessionConnection) -> None:
         """A held publisher's connection ended."""
         if self.flow is not None:
             self.flow.holding.discard(reader)
