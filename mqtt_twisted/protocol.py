@@ -26,6 +26,7 @@ from mqtt_twisted.connect import (
 )
 from mqtt_twisted.handshake import Handshake
 from mqtt_twisted.inputgate import PACKETS_PER_TURN, InputGate, Linger
+from mqtt_twisted.outputgate import MAX_HELD_OUTPUT, HeldOutput
 from mqtt_twisted.packets import (
     MQTT_5,
     ConnAck,
@@ -77,8 +78,13 @@ class MQTTProtocol(PublishFlow, Protocol):
         self.use_identity_as_username = use_identity_as_username
         self.username: str | None = None
         self.protocol_level = 4
+        #: True while the session should not write QoS 0 messages: the transport's buffer
+        #: is full, or the output waits for the store; and since when
         self.paused = False
         self.paused_at = 0.0
+        self._transport_paused = False
+        #: output waiting for a commit (see mqtt_twisted.outputgate), or None
+        self._held: HeldOutput | None = None
         self.session: Session | None = None
         self.terms: ConnectTerms | None = None
         self.will: Will | None = None
@@ -194,6 +200,9 @@ class MQTTProtocol(PublishFlow, Protocol):
         if self._input is not None:
             for holder in self._input.close():
                 holder.forget_reader(self)
+        if self._held is not None:  # never sent: the client sends again on its next connection
+            self._held.abandon()
+            self._held = None
         session = self.session
         if session is not None:
             if reason_code is not None and self.protocol_level == MQTT_5:
@@ -250,17 +259,57 @@ class MQTTProtocol(PublishFlow, Protocol):
     # -- flow control (IPushProducer: the transport tells us when its buffer is full) --
 
     def pauseProducing(self) -> None:
+        self._transport_paused = True
         if not self.paused:
             self.paused = True
             self.paused_at = self._clock.seconds()
 
     def resumeProducing(self) -> None:
-        self.paused = False
-        if self.session is not None:
-            self.session.drain()
+        self._transport_paused = False
+        if self._held is None:
+            self.paused = False
+            if self.session is not None:
+                self.session.drain()
 
     def stopProducing(self) -> None:
+        self._transport_paused = True
         self.paused = True
+
+    # -- output that waits for the store (see mqtt_twisted.outputgate) -------------------
+
+    def await_commit(self) -> None:
+        """What is written from now on waits until what was recorded so far is committed."""
+        journal = self.broker.journal
+        if journal is None or self._ended:
+            return
+        barrier = journal.barrier()
+        if barrier is None:
+            return
+        held = self._held
+        if held is None:
+            held = self._held = HeldOutput(self.transport.write, self._output_committed)
+            if not self.paused:
+                self.paused = True
+                self.paused_at = self._clock.seconds()
+        held.wait_for(barrier)
+
+    def _hold_output(self, data: bytes) -> None:
+        held = self._held
+        assert held is not None
+        held.append(data)
+        if len(held) > MAX_HELD_OUTPUT:
+            self.hold_input(held)
+
+    def _output_committed(self) -> None:
+        held, self._held = self._held, None
+        if self._ended:
+            return
+        if held is not None:
+            self.release_input(held)
+        if not self._transport_paused:
+            self.paused = False
+            if self.session is not None:
+                self.session.drain()
 
     # -- bytes in ---------------------------------------------------------------------
 
@@ -350,7 +399,10 @@ class MQTTProtocol(PublishFlow, Protocol):
         stats = self._stats
         stats.messages_sent += 1
         stats.bytes_sent += len(data)
-        self.transport.write(data)
+        if self._held is None:
+            self.transport.write(data)
+        else:
+            self._hold_output(data)
 
     def _send(self, packet) -> None:
         self._write(encode(packet, self.protocol_level))
@@ -391,11 +443,16 @@ class MQTTProtocol(PublishFlow, Protocol):
                 if auth_data is not None:
                     properties[Property.AUTHENTICATION_DATA] = auth_data
         session, present = broker.open_session(
-            terms.client_id, connect.clean_start, terms.expiry_interval
+            terms.client_id,
+            connect.clean_start,
+            terms.expiry_interval,
+            identity,
+            self.protocol_level,
         )
         self.session = session
-        session.identity = identity
         self.will = connect.will
+        if present:  # the session it promises is committed first
+            self.await_commit()
         self._send(ConnAck(present, 0, properties))  # [MQTT-3.2.2-2], [MQTT-3.2.2-3]
         if self.keep_alive:
             self._keepalive_timer = self._clock.callLater(
@@ -505,7 +562,10 @@ class MQTTProtocol(PublishFlow, Protocol):
                         ReasonCode.PROTOCOL_ERROR,
                     )
         existed = [r.topic_filter in session.subscriptions for r in requests]
+        changes = self._journal_changes()
         codes = self.broker.subscribe(session, requests, subscription_id)
+        if self._journal_changes() != changes:
+            self.await_commit()
         if v5:
             wire_codes = [ReasonCode.TOPIC_FILTER_INVALID if c == 0x80 else c for c in codes]
         else:  # 3.x has one failure code [MQTT-3.9.3-2]
@@ -516,7 +576,10 @@ class MQTTProtocol(PublishFlow, Protocol):
     def _on_unsubscribe(self, packet: Unsubscribe) -> None:
         session = self.session
         assert session is not None
+        changes = self._journal_changes()
         codes = self.broker.unsubscribe(session, packet.topic_filters)
+        if self._journal_changes() != changes:
+            self.await_commit()
         if self.protocol_level == MQTT_5:
             codes = [
                 ReasonCode.TOPIC_FILTER_INVALID

@@ -36,8 +36,15 @@ class PublishFlow:
     _hooks: Hooks
     _inbound_aliases: InboundAliases | None
     _outbound_aliases: OutboundAliases | None
+    _held: Any
 
     def _write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _hold_output(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def await_commit(self) -> None:
         raise NotImplementedError
 
     def encode_publish(
@@ -72,10 +79,21 @@ class PublishFlow:
         stats.messages_sent += 1
         if packet_id is None:
             stats.bytes_sent += len(head)
-            self.transport.write(head)
+            if self._held is None:
+                self.transport.write(head)
+            else:
+                self._hold_output(head)
         else:
             stats.bytes_sent += len(head) + 2 + len(tail)
-            self.transport.writeSequence((head, packet_id.to_bytes(2, "big"), tail))
+            if self._held is None:
+                self.transport.writeSequence((head, packet_id.to_bytes(2, "big"), tail))
+            else:
+                self._hold_output(head + packet_id.to_bytes(2, "big") + tail)
+
+    def _journal_changes(self) -> int:
+        """A number that changes whenever durable state is recorded (0 without a store)."""
+        journal = self.broker.journal
+        return 0 if journal is None else journal.changes
 
     def write_pubrel(self, packet_id: int) -> None:
         self._write(b"\x62\x02" + packet_id.to_bytes(2, "big"))
@@ -132,10 +150,14 @@ class PublishFlow:
                 )
             return
         packet_id = packet.packet_id
+        journal = self.broker.journal
+        changes = 0 if journal is None else journal.changes
         if qos == 1:
             matched = routed and self.broker.publish(
                 Message(topic, packet.payload, 1, packet.retain, properties, expires_at), session
             )
+            if journal is not None and journal.changes != changes:
+                self.await_commit()  # PUBACK once the message is kept
             if matched or self.protocol_level != MQTT_5:
                 self._write(b"\x40\x02" + packet_id.to_bytes(2, "big"))  # PUBACK
             else:
@@ -154,14 +176,16 @@ class PublishFlow:
                     "more unacknowledged QoS 2 PUBLISH than Receive Maximum",
                     ReasonCode.RECEIVE_MAXIMUM_EXCEEDED,
                 )  # [MQTT-3.3.4-7]
-            awaiting.add(packet_id)
+            session.expect_pubrel(packet_id)
             matched = routed and self.broker.publish(
                 Message(topic, packet.payload, 2, packet.retain, properties, expires_at), session
             )
             if not matched:
                 reason = ReasonCode.NO_MATCHING_SUBSCRIBERS if routed else ReasonCode.NOT_AUTHORIZED
                 if not routed and self.protocol_level == MQTT_5:
-                    awaiting.discard(packet_id)  # refused: the id is free again [MQTT-4.3.3-9]
+                    session.pubrel(packet_id)  # refused: the id is free again [MQTT-4.3.3-9]
+        if journal is not None and (journal.changes != changes or session.journal is not None):
+            self.await_commit()  # PUBREC once the message and its id are kept (also resent)
         self._ack(0x50, packet_id, reason)  # PUBREC
 
     def _payload_too_large(self, packet, limit: int) -> None:
@@ -215,9 +239,9 @@ class PublishFlow:
     def _on_pubrel(self, packet) -> None:
         session = self.session
         assert session is not None
-        awaiting = session.awaiting_pubrel
-        if packet.packet_id in awaiting:
-            awaiting.discard(packet.packet_id)
+        if session.pubrel(packet.packet_id):
+            if session.journal is not None:
+                self.await_commit()  # PUBCOMP once the id is forgotten for good
             self._write(b"\x70\x02" + packet.packet_id.to_bytes(2, "big"))  # PUBCOMP
         else:
             self._ack(0x70, packet.packet_id, NOT_FOUND)  # [MQTT-4.3.3-11]

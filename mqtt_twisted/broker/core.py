@@ -5,13 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from time import perf_counter
 
+import attrs
+
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mqtt_twisted.broker.config import BrokerConfig
-from mqtt_twisted.broker.hooks import Hooks
+from mqtt_twisted.broker.hooks import ClientIdentity, Hooks
+from mqtt_twisted.broker.journal import Journal
 from mqtt_twisted.broker.limits import ConnectionRate, LimitLog
 from mqtt_twisted.broker.message import Message
+from mqtt_twisted.broker.records import SessionRecord, SubscriptionRecord, WillRecord
 from mqtt_twisted.broker.session import Handover, Session, SessionConnection, SubscriptionOptions
 from mqtt_twisted.broker.shared import SharedSubscriptions
 from mqtt_twisted.broker.stats import BrokerStats
@@ -44,8 +48,11 @@ class Broker:
         config: BrokerConfig | None = None,
         retained: RetainedStore | None = None,
         hooks: Hooks | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self.clock = clock
+        #: where durable changes are recorded (None: nothing survives a restart)
+        self.journal = journal
         #: authentication, authorisation, storage (see broker/hooks.py)
         self.hooks: Hooks = hooks if hooks is not None else Hooks()
         self.config = config or BrokerConfig()
@@ -71,6 +78,8 @@ class Broker:
         client_id: str,
         clean_start: bool,
         expiry_interval: float | None,
+        identity: ClientIdentity | None = None,
+        protocol_level: int = 4,
     ) -> tuple[Session, bool]:
         """Find or make the session of ``client_id`` for a new connection.
 
@@ -94,10 +103,46 @@ class Broker:
         else:
             session.expiry_interval = expiry_interval
             self._cancel_delayed_will(session)  # back in time: no will [MQTT-3.1.3-9]
+        if identity is not None:
+            session.identity = identity
+        session.protocol_level = protocol_level
+        journal = self.journal
+        if journal is not None and (expiry_interval != 0 or session.journal is not None):
+            session.journal = journal
+            self._save_session(session, None)
         self.connected += 1
         if self.connected > self.stats.clients_maximum:
             self.stats.clients_maximum = self.connected
+            if journal is not None:
+                journal.save_total("clients_maximum", self.connected)
         return session, present
+
+    def _save_session(self, session: Session, disconnected_at: float | None) -> None:
+        """Record a persistent session (and a will waiting for its delay)."""
+        journal = session.journal
+        if journal is None:
+            return
+        will = session.delayed_will
+        will_record = None
+        if will is not None and session.will_call is not None:
+            will_record = WillRecord(
+                will.topic,
+                will.payload,
+                will.qos,
+                will.retain,
+                will.properties,
+                session.will_call.getTime(),
+            )
+        journal.save_session(
+            SessionRecord(
+                session.client_id,
+                session.protocol_level,
+                session.expiry_interval,
+                session.identity.username,
+                disconnected_at,
+                will_record,
+            )
+        )
 
     def shutdown(self) -> None:
         """Refuse new connections and close every open one (no wills: the client did not fail)."""
@@ -126,6 +171,7 @@ class Broker:
                     limit = expiry
                 if limit is not None:
                     session.expiry_call = self.clock.callLater(limit, self._expire, session)
+                self._save_session(session, self.clock.seconds())
         if will is not None:
             self.publish(self.will_message(will))
         for item in handover:
@@ -154,6 +200,8 @@ class Broker:
     def _publish_delayed_will(self, session: Session) -> None:
         will, session.delayed_will, session.will_call = session.delayed_will, None, None
         if will is not None:
+            if self.sessions.get(session.client_id) is session:
+                self._save_session(session, self.clock.seconds())  # no will left to wait
             self.publish(self.will_message(will))
 
     def _cancel_delayed_will(self, session: Session) -> None:
@@ -171,6 +219,9 @@ class Broker:
                 self.subscriptions.remove(topic_filter, session)
         session.subscriptions.clear()
         session.clear()
+        if session.journal is not None:
+            session.journal.purge(session.client_id)
+            session.journal = None
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
         call = session.expiry_call
@@ -212,10 +263,13 @@ class Broker:
 
         Returns whether any subscription matched."""
         if message.retain:
+            journal = self.journal
             if message.payload:
                 self.retained.set(message.topic, message)
-            else:  # [MQTT-3.3.1-10], [MQTT-3.3.1-11]
-                self.retained.discard(message.topic)
+                if journal is not None:
+                    journal.save_retained(message)
+            elif self.retained.discard(message.topic) and journal is not None:
+                journal.remove_retained(message.topic)  # [MQTT-3.3.1-10], [MQTT-3.3.1-11]
         matched = False
         topic = message.topic
         matches = self.subscriptions.match(topic)
@@ -344,6 +398,10 @@ class Broker:
                 subscription_id,
             )
             session.subscriptions[topic_filter] = opts  # replaces an existing one [MQTT-3.8.4-3]
+            if session.journal is not None:
+                session.journal.save_subscription(
+                    SubscriptionRecord(session.client_id, topic_filter, *attrs.astuple(opts))
+                )
             if topic_filter.startswith(SHARE_PREFIX):
                 self.shared.add(topic_filter, session, opts)
             else:
@@ -373,6 +431,8 @@ class Broker:
             for topic, message in self.retained.match(request.topic_filter):
                 if message.expired(now):
                     self.retained.discard(topic)
+                    if self.journal is not None:
+                        self.journal.remove_retained(topic)
                     continue
                 if read_check is not None and not read_check(session.identity, topic):
                     continue
@@ -384,6 +444,8 @@ class Broker:
         codes = []
         for topic_filter in topic_filters:
             if session.subscriptions.pop(topic_filter, None) is not None:
+                if session.journal is not None:
+                    session.journal.remove_subscription(session.client_id, topic_filter)
                 if topic_filter.startswith(SHARE_PREFIX):
                     self.shared.remove(topic_filter, session)
                 else:

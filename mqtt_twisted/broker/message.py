@@ -31,6 +31,8 @@ class Message:
     properties: dict = attrs.field(factory=dict)
     #: clock time after which the message must not be delivered (MQTT 5 Message Expiry)
     expires_at: float | None = None
+    #: its id in the store while deliveries to persistent sessions refer to it (0: none)
+    store_id: int = attrs.field(default=0, init=False, repr=False)
     _encoded: dict | None = attrs.field(default=None, init=False, repr=False)
 
     def expired(self, now: float) -> bool:

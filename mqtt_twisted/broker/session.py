@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
     from mqtt_twisted.broker.config import BrokerConfig
+    from mqtt_twisted.broker.journal import Journal
     from mqtt_twisted.broker.stats import BrokerStats
     from mqtt_twisted.packets import Will
 
@@ -46,6 +47,8 @@ class Queued(NamedTuple):
     subscription_ids: tuple[int, ...]
     #: the shared subscription group it was picked for (None: an ordinary subscription)
     group: Any
+    #: its place in the store's deliveries of this session (0: not stored)
+    seq: int = 0
 
 
 class Handover(NamedTuple):
@@ -93,6 +96,9 @@ class SessionConnection(Protocol):
     def release_input(self, by: object) -> None:
         """``by`` no longer needs this connection to wait."""
 
+    def await_commit(self) -> None:
+        """What is written from now on waits until what was recorded so far is committed."""
+
 
 @attrs.define(eq=False)
 class SubscriptionOptions:
@@ -119,6 +125,8 @@ class Inflight:
     released: bool = False
     #: clock time it was (last) sent
     sent_at: float = 0.0
+    #: its place in the store's deliveries of this session (0: not stored)
+    seq: int = 0
 
 
 class Session:
@@ -137,7 +145,7 @@ class Session:
         "awaiting_pubrel", "expiry_call", "delayed_will", "will_call", "dropped", "slow",
         "flow", "identity", "_dropping", "_next_id", "_stats", "_clock", "_config",
         "_max_window", "_window", "_queued_bytes", "_inflight_bytes", "_high", "_high_bytes",
-        "_low", "_low_bytes",
+        "_low", "_low_bytes", "journal", "_seq", "protocol_level",
     )  # fmt: skip
 
     def __init__(
@@ -172,6 +180,11 @@ class Session:
         self.flow: FlowWatch | None = None
         #: who its client is (from its latest CONNECT; kept while it is away)
         self.identity: ClientIdentity = ClientIdentity(client_id)
+        #: where its changes are recorded while it is persistent and the broker has a store
+        self.journal: Journal | None = None
+        #: the protocol level of its latest connection (recorded with it)
+        self.protocol_level = 4
+        self._seq = 0
         self._dropping = False
         self._next_id = 1
         self._stats = stats
@@ -245,14 +258,27 @@ class Session:
         retain: bool,
         subscription_ids: tuple[int, ...],
         group: Any,
+        seq: int = 0,
     ) -> None:
         parts = conn.encode_publish(message, qos, retain, subscription_ids, False)
+        journal = self.journal
         if parts is None:
+            if seq and journal is not None:
+                journal.remove_delivery(self.client_id, seq, message)
             self._drop_oversized()
             return
         packet_id = self._allocate_packet_id()
+        if journal is not None:
+            new = not seq
+            if new:
+                seq = self._seq = self._seq + 1
+            journal.save_delivery(
+                self.client_id, seq, message, qos, retain, subscription_ids, packet_id, new=new
+            )
+            if qos == 2:  # exactly once: never sent under a packet id the store may forget
+                conn.await_commit()
         self.inflight[packet_id] = Inflight(
-            message, qos, retain, subscription_ids, group, False, self._clock.seconds()
+            message, qos, retain, subscription_ids, group, False, self._clock.seconds(), seq
         )
         size = len(message.payload)
         self._inflight_bytes += size
@@ -303,6 +329,20 @@ class Session:
         self._push(item)
 
     def _push(self, item: Queued) -> None:
+        journal = self.journal
+        if journal is not None and item.qos and not item.seq:
+            seq = self._seq = self._seq + 1
+            item = item._replace(seq=seq)
+            journal.save_delivery(
+                self.client_id,
+                seq,
+                item.message,
+                item.qos,
+                item.retain,
+                item.subscription_ids,
+                None,
+                new=True,
+            )
         self.queue.append(item)
         size = len(item.message.payload)
         self._queued_bytes += size
@@ -415,12 +455,14 @@ class Session:
             return
         now = None
         while queue:
-            message, qos, retain, subscription_ids, group = queue[0]
+            message, qos, retain, subscription_ids, group, seq = queue[0]
             if message.expires_at is not None:
                 if now is None:
                     now = self._clock.seconds()
                 if message.expired(now):  # never delivered once expired [MQTT-3.3.2-5]
                     self._pop()
+                    if seq and self.journal is not None:
+                        self.journal.remove_delivery(self.client_id, seq, message)
                     continue
             if qos == 0:
                 if conn.paused:
@@ -431,7 +473,7 @@ class Session:
                 if len(self.inflight) >= self._window:
                     break
                 self._pop()
-                self._send_new(conn, message, qos, retain, subscription_ids, group)
+                self._send_new(conn, message, qos, retain, subscription_ids, group, seq)
         if len(queue) <= self._low and (
             not self._high_bytes or self._queued_bytes <= self._low_bytes
         ):
@@ -456,6 +498,8 @@ class Session:
 
     def _acknowledged(self, packet_id: int, entry: Inflight) -> None:
         del self.inflight[packet_id]
+        if entry.seq and self.journal is not None:
+            self.journal.remove_delivery(self.client_id, entry.seq, entry.message)
         size = len(entry.message.payload)
         self._inflight_bytes -= size
         stats = self._stats
@@ -483,8 +527,24 @@ class Session:
             self._acknowledged(packet_id, entry)
             return True
         entry.released = True
-        if self.connection is not None:
-            self.connection.write_pubrel(packet_id)
+        conn = self.connection
+        journal = self.journal
+        if entry.seq and journal is not None:
+            message = entry.message
+            journal.save_delivery(
+                self.client_id,
+                entry.seq,
+                message,
+                2,
+                entry.retain,
+                entry.subscription_ids,
+                packet_id,
+                released=True,
+            )
+            if conn is not None:  # never PUBREL what the store may still resend as PUBLISH
+                conn.await_commit()
+        if conn is not None:
+            conn.write_pubrel(packet_id)
         return True
 
     def pubcomp(self, packet_id: int) -> bool:
@@ -505,6 +565,8 @@ class Session:
             if self.expiry_call.active():
                 self.expiry_call.cancel()
             self.expiry_call = None
+        if self.journal is not None and self.inflight:
+            conn.await_commit()  # resent under packet ids the store must know
         for packet_id, entry in self.inflight.items():  # [MQTT-4.4.0-1], in order [MQTT-4.6.0-1]
             if entry.released:
                 conn.write_pubrel(packet_id)
@@ -532,6 +594,8 @@ class Session:
             while self.queue:
                 item = self._pop()
                 if item.group is not None:
+                    if item.seq and self.journal is not None:
+                        self.journal.remove_delivery(self.client_id, item.seq, item.message)
                     handover.append(Handover(item.message, item.group))
                 elif item.qos:
                     kept.append(item)
@@ -552,6 +616,59 @@ class Session:
         stats = self._stats
         stats.stored_messages -= len(self.queue) + len(self.inflight)
         stats.stored_bytes -= self._queued_bytes + self._inflight_bytes
+        journal = self.journal
+        if journal is not None:  # the broker purges its rows; the messages lose a reference
+            for item in self.queue:
+                if item.seq:
+                    journal.release(item.message)
+            for entry in self.inflight.values():
+                if entry.seq:
+                    journal.release(entry.message)
         self.queue.clear()
         self.inflight.clear()
         self._queued_bytes = self._inflight_bytes = 0
+
+    # -- incoming QoS 2 ---------------------------------------------------------------
+
+    def expect_pubrel(self, packet_id: int) -> None:
+        """An incoming QoS 2 message was delivered: its id waits for PUBREL (exactly once)."""
+        self.awaiting_pubrel.add(packet_id)
+        if self.journal is not None:
+            self.journal.add_inbound(self.client_id, packet_id)
+
+    def pubrel(self, packet_id: int) -> bool:
+        """PUBREL (or a refused QoS 2 PUBLISH) frees ``packet_id``; False if unknown."""
+        awaiting = self.awaiting_pubrel
+        if packet_id not in awaiting:
+            return False
+        awaiting.discard(packet_id)
+        if self.journal is not None:
+            self.journal.remove_inbound(self.client_id, packet_id)
+        return True
+
+    # -- restoring from a store -----------------------------------------------------------
+
+    def restore_delivery(self, item: Queued, packet_id: int | None, released: bool) -> None:
+        """At start-up: a stored delivery goes back in flight (with its packet id) or in
+        the queue, in stored order."""
+        if item.seq > self._seq:
+            self._seq = item.seq
+        if packet_id is None:
+            self._push(item)
+            return
+        self.inflight[packet_id] = Inflight(
+            item.message,
+            item.qos,
+            item.retain,
+            item.subscription_ids,
+            item.group,
+            released,
+            self._clock.seconds(),
+            item.seq,
+        )
+        size = len(item.message.payload)
+        self._inflight_bytes += size
+        self._stats.stored_messages += 1
+        self._stats.stored_bytes += size
+        if packet_id >= self._next_id:
+            self._next_id = packet_id % MAX_PACKET_ID + 1

@@ -89,6 +89,8 @@ def serve():
         args = list(args)
         if "--http" not in args:
             args += ["--http", "none"]
+        if "--store" not in args:  # in-process brokers keep nothing in the working directory
+            args += ["--store", "memory"]
         options = Options()
         options.parseOptions(args)
         service = makeService(options, reactor)
