@@ -7,7 +7,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
@@ -19,6 +19,9 @@ from mqtt_twisted import __version__
 from mqtt_twisted.acl import Acl, AclFileError, load_acl_file
 from mqtt_twisted.auth import Security
 from mqtt_twisted.broker import Broker, BrokerConfig
+from mqtt_twisted.broker.journal import Journal
+from mqtt_twisted.broker.records import StoreBackend, StoreError
+from mqtt_twisted.broker.restore import restore
 from mqtt_twisted.broker.systopics import SysTopics
 from mqtt_twisted.exposure import exposure_error
 from mqtt_twisted.logs import JSONLineObserver
@@ -93,6 +96,29 @@ class Options(usage.Options):
         "`twistd -n mqtt` serves MQTT on tcp:1883 on 127.0.0.1."
     )
     optParameters = [
+        [
+            "store",
+            None,
+            "sqlite:mqtt-twisted.sqlite",
+            "Where sessions, queued messages and retained messages are kept across restarts: "
+            "sqlite:PATH (relative to the working directory) or memory (nothing is kept).",
+        ],
+        [
+            "store-sync",
+            None,
+            "full",
+            "full|normal: SQLite's synchronous setting; full survives power loss, normal only "
+            "a crash of the broker (it may lose the last commits on power loss).",
+            lambda text: {"full": "full", "normal": "normal"}[text.lower()],
+        ],
+        [
+            "store-recover",
+            None,
+            "fail",
+            "fail|move-aside: what to do with a store file that is corrupt or not ours; "
+            "move-aside renames it to PATH.corrupt-TIME and starts empty.",
+            lambda text: {"fail": "fail", "move-aside": "move-aside"}[text.lower()],
+        ],
         [
             "max-keepalive",
             None,
@@ -456,6 +482,58 @@ class ListenerService(Service):
         return None
 
 
+class StoreService(Service):
+    """Commits what is left when the broker stops, then closes the store."""
+
+    def __init__(self, journal: Journal, backend: StoreBackend) -> None:
+        self.journal = journal
+        self.backend = backend
+
+    def stopService(self):
+        super().stopService()
+        done: Deferred[None] = Deferred()
+        barrier = self.journal.close()
+        if barrier is None:
+            done.callback(None)
+        else:
+            barrier.when_committed(lambda: done.callback(None))
+        done.addCallback(lambda _: self.backend.close())
+        return done
+
+
+def refuse_to_start(why: str) -> NoReturn:
+    """Stop start-up with one line on standard error and exit status 1 (makeService runs
+    before twistd's log is set up)."""
+    sys.stderr.write(f"mqtt-twisted: {why}\n")
+    raise SystemExit(1)
+
+
+def open_broker_store(options: Options, reactor, broker_config: BrokerConfig):
+    """The store ``--store`` names, loaded: (journal, backend) or (None, None) for memory.
+
+    Runs before any listener opens; a store that cannot be used stops start-up in one line."""
+    from mqtt_twisted.storage import open_store
+
+    try:
+        backend = open_store(
+            options["store"], reactor, options["store-sync"], options["store-recover"]
+        )
+    except (StoreError, ValueError) as error:
+        refuse_to_start(str(error))
+    if backend is None:
+        log.info("store: memory (sessions and retained messages end with the process)")
+        return None, None
+    moved = getattr(backend, "moved_aside", None)
+    if moved is not None:
+        log.warn(
+            "store: {path} was not a usable store and was moved aside to {moved} "
+            "(--store-recover move-aside); starting empty",
+            path=getattr(backend, "path", options["store"]),
+            moved=moved,
+        )
+    return Journal(backend, reactor), backend
+
+
 class ReloadOnHangup(Service):
     """SIGHUP re-reads the password and ACL files, without dropping connections."""
 
@@ -519,10 +597,26 @@ def makeService(options: Options, reactor=None) -> MultiService:
         acl=acl,
         acl_path=options["acl-file"],
     )
-    broker = Broker(reactor, options.broker_config(), hooks=security)
+    config = options.broker_config()
+    journal, backend = open_broker_store(options, reactor, config)
+    broker = Broker(reactor, config, hooks=security, journal=journal)
     settings = options.tls_settings()
     service = BrokerService()
     service.broker = broker
+    if journal is not None and backend is not None:
+        try:
+            snapshot = backend.load()
+        except StoreError as error:
+            refuse_to_start(str(error))
+        report = restore(broker, snapshot)
+        log.info(
+            "store {store}: loaded {sessions} sessions, {messages} queued or in-flight messages "
+            "and {retained} retained messages in {seconds:.3f} s (dropped as expired: "
+            "{expired_sessions} sessions, {expired_messages} messages)",
+            store=backend.description,
+            **report._asdict(),
+        )
+        StoreService(journal, backend).setServiceParent(service)  # first in, stops last
     if options["log-format"] == "json":
         service.log_observer = JSONLineObserver(sys.stdout)
     for description in options["mqtt"]:

@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 from time import perf_counter
 
 import attrs
-
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -264,6 +263,8 @@ class Broker:
         Returns whether any subscription matched."""
         if message.retain:
             journal = self.journal
+            if journal is not None and message.topic.startswith("$SYS"):
+                journal = None  # the broker's own figures are published afresh after a restart
             if message.payload:
                 self.retained.set(message.topic, message)
                 if journal is not None:

@@ -203,10 +203,12 @@ class Journal:
         batch = self._batch
         batch.purged.add(client_id)
         batch.sessions.pop(client_id, None)
-        for mapping in (batch.subscriptions, batch.deliveries, batch.inbound):
-            if mapping:
-                for key in [k for k in mapping if k[0] == client_id]:
-                    del mapping[key]  # type: ignore[attr-defined]
+        for sub_key in [k for k in batch.subscriptions if k[0] == client_id]:
+            del batch.subscriptions[sub_key]
+        for delivery_key in [k for k in batch.deliveries if k[0] == client_id]:
+            del batch.deliveries[delivery_key]
+        for inbound_key in [k for k in batch.inbound if k.client_id == client_id]:
+            del batch.inbound[inbound_key]
         self._fresh_deliveries = {k for k in self._fresh_deliveries if k[0] != client_id}
         self._changed()
 
@@ -331,5 +333,5 @@ def _client_of(name: str, key: object) -> str | None:
     if name == "sessions":
         return key  # type: ignore[return-value]
     if isinstance(key, tuple):
-        return key[0]  # type: ignore[no-any-return]
+        return key[0]
     return None

@@ -43,16 +43,14 @@ def restore(broker: Broker, snapshot: Snapshot) -> LoadReport:
     now = broker.clock.seconds()
     expired_messages = 0
     retained = 0
-    for record in snapshot.retained:
-        if record.expires_at is not None and now >= record.expires_at:
-            journal.remove_retained(record.topic)
+    for kept in snapshot.retained:
+        if kept.expires_at is not None and now >= kept.expires_at:
+            journal.remove_retained(kept.topic)
             expired_messages += 1
             continue
         broker.retained.set(
-            record.topic,
-            Message(
-                record.topic, record.payload, record.qos, True, record.properties, record.expires_at
-            ),
+            kept.topic,
+            Message(kept.topic, kept.payload, kept.qos, True, kept.properties, kept.expires_at),
         )
         retained += 1
     messages = {
@@ -69,9 +67,13 @@ def restore(broker: Broker, snapshot: Snapshot) -> LoadReport:
             journal.purge(client_id)
             expired_sessions += 1
             if will is not None:  # the session ended while the broker was down
-                due_wills.append(Will(will.topic, will.payload, will.qos, will.retain, will.properties))
+                due_wills.append(
+                    Will(will.topic, will.payload, will.qos, will.retain, will.properties)
+                )
             continue
-        session = Session(client_id, record.expiry_interval, broker.config, broker.stats, broker.clock)
+        session = Session(
+            client_id, record.expiry_interval, broker.config, broker.stats, broker.clock
+        )
         session.journal = journal
         session.identity = ClientIdentity(client_id, record.username)
         session.protocol_level = record.protocol_level
@@ -133,8 +135,8 @@ def restore(broker: Broker, snapshot: Snapshot) -> LoadReport:
     maximum = snapshot.totals.get("clients_maximum", 0)
     if maximum > broker.stats.clients_maximum:
         broker.stats.clients_maximum = maximum
-    for will in due_wills:
-        broker.publish(broker.will_message(will))
+    for due in due_wills:
+        broker.publish(broker.will_message(due))
     return LoadReport(
         restored,
         owed,

@@ -360,7 +360,9 @@ def test_ended_sessions_and_cleared_retained_messages_leave_nothing_stored():
     pub.send(Publish("r", b"kept", qos=0, retain=True))
     clock.advance(0)
     assert store.sessions and store.deliveries and store.retained
-    connected(broker, "sub", clean_start=True).send_bytes(b"\xe0\x00")  # clean start, then DISCONNECT
+    connected(broker, "sub", clean_start=True).send_bytes(
+        b"\xe0\x00"
+    )  # clean start, then DISCONNECT
     pub.send(Publish("r", b"", qos=0, retain=True))  # [MQTT-3.3.1-10]
     clock.advance(0)
     assert not store.sessions and not store.subscriptions and not store.deliveries
