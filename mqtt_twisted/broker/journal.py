@@ -121,10 +121,17 @@ class Journal:
 
     def _commit(self) -> None:
         self._scheduled = None
-        batch = self._batch
-        if not batch or self._committing is not None:
+        if self._committing is not None:
             return
-        barrier = self._batch_barrier or Barrier()
+        batch = self._batch
+        barrier = self._batch_barrier
+        if not batch:  # every change was undone before it left: nothing to wait for
+            if barrier is not None:
+                self._batch_barrier = None
+                barrier.fire()
+            return
+        if barrier is None:
+            barrier = Barrier()
         self._batch = Batch()
         self._batch_barrier = None
         self._fresh_deliveries = set()
@@ -146,7 +153,7 @@ class Journal:
             self._failing = False
             log.info("store {store}: commits work again", store=self.backend.description)
         barrier.fire()
-        if self._batch and self._scheduled is None:
+        if (self._batch or self._batch_barrier) and self._scheduled is None:
             self._commit()  # collected while that commit ran: at once
 
     def _failed(self, failure: Failure, batch: Batch, barrier: Barrier) -> None:

@@ -221,6 +221,26 @@ def test_messages_acknowledged_before_their_commit_never_reach_the_store():
     assert not store.deliveries and not store.messages
 
 
+def test_puback_is_sent_when_everything_it_waited_for_was_undone_before_the_commit():
+    """The only change of a batch is a delivery acknowledged before the batch left: the
+    batch is empty, and the PUBACK waiting for it goes out all the same."""
+    store, clock = ManualStore(), Clock()
+    broker = start(store, clock)
+    sub = persistent(broker, "sub")
+    sub.send(Subscribe(1, [SubscriptionRequest("t", 1)]))
+    pub = connected(broker, "pub")
+    clock.advance(0)
+    store.settle()
+    sub.received()
+    pub.send(Publish("t", b"x", qos=1, packet_id=1))
+    (delivered,) = publishes(sub)
+    assert not pub.received()
+    sub.send(PubAck(delivered.packet_id))
+    clock.advance(0)
+    assert not store.pending  # nothing to commit
+    assert [(type(p), p.packet_id) for p in pub.received()] == [(PubAck, 1)]
+
+
 def test_incoming_qos2_is_exactly_once_across_a_restart():
     """A QoS 2 PUBLISH acknowledged with PUBREC, the broker restarts, the publisher resends
     it (DUP) and then PUBREL: it is delivered once [MQTT-4.3.3-?] and PUBCOMP comes."""
