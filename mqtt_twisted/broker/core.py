@@ -10,12 +10,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mqtt_twisted.broker.config import BrokerConfig
+from mqtt_twisted.broker.entries import Handover, SessionConnection, SubscriptionOptions
 from mqtt_twisted.broker.hooks import ClientIdentity, Hooks
 from mqtt_twisted.broker.journal import Journal
 from mqtt_twisted.broker.limits import ConnectionRate, LimitLog
 from mqtt_twisted.broker.message import Message
 from mqtt_twisted.broker.records import SessionRecord, SubscriptionRecord, WillRecord
-from mqtt_twisted.broker.session import Handover, Session, SessionConnection, SubscriptionOptions
+from mqtt_twisted.broker.session import Session
 from mqtt_twisted.broker.shared import SharedSubscriptions
 from mqtt_twisted.broker.stats import BrokerStats
 from mqtt_twisted.broker.store import MemoryRetainedStore, RetainedStore

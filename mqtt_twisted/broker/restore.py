@@ -11,9 +11,10 @@ from __future__ import annotations
 from time import perf_counter
 from typing import TYPE_CHECKING, NamedTuple
 
+from mqtt_twisted.broker.entries import Queued, SubscriptionOptions
 from mqtt_twisted.broker.hooks import ClientIdentity
 from mqtt_twisted.broker.message import Message
-from mqtt_twisted.broker.session import Queued, Session, SubscriptionOptions
+from mqtt_twisted.broker.session import Session
 from mqtt_twisted.packets import Will
 
 if TYPE_CHECKING:
