@@ -482,12 +482,17 @@ class ListenerService(Service):
         return None
 
 
+#: seconds the last commit may take at shutdown before the broker stops without it
+FINAL_COMMIT_SECONDS = 30.0
+
+
 class StoreService(Service):
     """Commits what is left when the broker stops, then closes the store."""
 
-    def __init__(self, journal: Journal, backend: StoreBackend) -> None:
+    def __init__(self, journal: Journal, backend: StoreBackend, clock) -> None:
         self.journal = journal
         self.backend = backend
+        self.clock = clock
 
     def stopService(self):
         super().stopService()
@@ -495,9 +500,26 @@ class StoreService(Service):
         barrier = self.journal.close()
         if barrier is None:
             done.callback(None)
-        else:
-            barrier.when_committed(lambda: done.callback(None))
+            return done.addCallback(lambda _: self.backend.close())
+
+        def committed() -> None:
+            if timer.active():
+                timer.cancel()
+                done.callback(None)
+
+        def too_late() -> None:
+            log.error(
+                "store {store}: the last commit did not finish in {seconds:g} s; stopping "
+                "without it (what it held was never acknowledged)",
+                store=self.backend.description,
+                seconds=FINAL_COMMIT_SECONDS,
+            )
+            done.callback(None)
+
+        timer = self.clock.callLater(FINAL_COMMIT_SECONDS, too_late)
+        barrier.when_committed(committed)
         done.addCallback(lambda _: self.backend.close())
+        done.addErrback(lambda f: log.failure("store: closing failed", f))
         return done
 
 
@@ -616,7 +638,7 @@ def makeService(options: Options, reactor=None) -> MultiService:
             store=backend.description,
             **report._asdict(),
         )
-        StoreService(journal, backend).setServiceParent(service)  # first in, stops last
+        StoreService(journal, backend, reactor).setServiceParent(service)  # first in, stops last
     if options["log-format"] == "json":
         service.log_observer = JSONLineObserver(sys.stdout)
     for description in options["mqtt"]:

@@ -87,6 +87,7 @@ class Journal:
         #: just drops it from the batch
         self._fresh_deliveries: set[tuple[str, int]] = set()
         self._fresh_messages: set[int] = set()
+        self._fresh_inbound: set[InboundKey] = set()
         self._batch_barrier: Barrier | None = None
         self._committing: Barrier | None = None
         self._scheduled: IDelayedCall | None = None
@@ -136,6 +137,7 @@ class Journal:
         self._batch_barrier = None
         self._fresh_deliveries = set()
         self._fresh_messages = set()
+        self._fresh_inbound = set()
         self._committing = barrier
         d = self.backend.commit(batch)
         d.addCallbacks(
@@ -184,6 +186,7 @@ class Journal:
         self._batch_barrier = barrier
         self._fresh_deliveries = set()
         self._fresh_messages = set()
+        self._fresh_inbound = set()
         if self._scheduled is not None and self._scheduled.active():
             self._scheduled.cancel()
         self._scheduled = self._clock.callLater(RETRY_SECONDS, self._commit)
@@ -217,6 +220,7 @@ class Journal:
         for inbound_key in [k for k in batch.inbound if k.client_id == client_id]:
             del batch.inbound[inbound_key]
         self._fresh_deliveries = {k for k in self._fresh_deliveries if k[0] != client_id}
+        self._fresh_inbound = {k for k in self._fresh_inbound if k.client_id != client_id}
         self._changed()
 
     def save_subscription(self, record: SubscriptionRecord) -> None:
@@ -229,16 +233,20 @@ class Journal:
 
     def add_inbound(self, client_id: str, packet_id: int) -> None:
         """An incoming QoS 2 PUBLISH was delivered: its id awaits PUBREL."""
-        self._batch.inbound[InboundKey(client_id, packet_id)] = True
+        key = InboundKey(client_id, packet_id)
+        inbound = self._batch.inbound
+        if key not in inbound:  # not removed earlier in this batch: the store lacks it
+            self._fresh_inbound.add(key)
+        inbound[key] = True
         self._changed()
 
     def remove_inbound(self, client_id: str, packet_id: int) -> None:
         key = InboundKey(client_id, packet_id)
-        inbound = self._batch.inbound
-        if inbound.get(key) is True:
-            del inbound[key]  # added in this batch: the store never saw it
+        if key in self._fresh_inbound:  # added in this batch: the store never saw it
+            self._fresh_inbound.discard(key)
+            del self._batch.inbound[key]
         else:
-            inbound[key] = False
+            self._batch.inbound[key] = False
         self._changed()
 
     def save_retained(self, message: Message) -> None:

@@ -397,3 +397,22 @@ def test_clients_maximum_survives_a_restart():
     del clients
     broker = start(store, clock)
     assert broker.stats.clients_maximum == 3
+
+
+def test_an_incoming_qos2_id_removed_re_added_and_removed_in_one_batch_is_gone():
+    """The journal drops a change undone in the same batch only when the store never saw
+    the row: an id committed earlier and then removed, re-used and removed again within
+    one window must still be deleted (else a later PUBLISH with it would be taken for a
+    duplicate and lost [MQTT-4.3.3-9])."""
+    store, clock = MemoryStore(), Clock()
+    journal = Journal(store, clock)
+    journal.add_inbound("c", 7)
+    clock.advance(0)
+    assert store.load().inbound == {"c": {7}}
+    journal.remove_inbound("c", 7)
+    journal.add_inbound("c", 7)
+    journal.remove_inbound("c", 7)
+    journal.add_inbound("c", 8)
+    journal.remove_inbound("c", 8)
+    clock.advance(0)
+    assert store.load().inbound == {}
