@@ -12,8 +12,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from mqtt_twisted.broker.journal import Barrier
+
+if TYPE_CHECKING:
+    from mqtt_twisted.broker import Broker, Session
 
 #: items held at which the connection's input is held too (a client that does not wait
 #: for its acknowledgements cannot grow this without bound)
@@ -67,3 +71,81 @@ class HeldOutput:
             items.popleft()
         self._abandoned = True  # done: later barriers of this object do nothing
         self._flushed()
+
+
+class OutputFlow:
+    """When a connection writes: paused by its transport (IPushProducer: a full socket
+    buffer) or held until a commit. A mixin of the one protocol class, which keeps the
+    state declared below."""
+
+    broker: Broker
+    session: Session | None
+    transport: Any
+    paused: bool
+    paused_at: float
+    _transport_paused: bool
+    _held: HeldOutput | None
+    _ended: bool
+    _clock: Any
+
+    def hold_input(self, by: object) -> None:
+        raise NotImplementedError
+
+    def release_input(self, by: object) -> None:
+        raise NotImplementedError
+
+    # -- IPushProducer: the transport tells us when its buffer is full -------------------
+
+    def pauseProducing(self) -> None:
+        self._transport_paused = True
+        if not self.paused:
+            self.paused = True
+            self.paused_at = self._clock.seconds()
+
+    def resumeProducing(self) -> None:
+        self._transport_paused = False
+        if self._held is None:
+            self.paused = False
+            if self.session is not None:
+                self.session.drain()
+
+    def stopProducing(self) -> None:
+        self._transport_paused = True
+        self.paused = True
+
+    # -- output that waits for the store --------------------------------------------------
+
+    def await_commit(self) -> None:
+        """What is written from now on waits until what was recorded so far is committed.
+        Meanwhile the session sends no QoS 0 messages (as with a full socket buffer)."""
+        journal = self.broker.journal
+        if journal is None or self._ended:
+            return
+        barrier = journal.barrier()
+        if barrier is None:
+            return
+        held = self._held
+        if held is None:
+            held = self._held = HeldOutput(self.transport.write, self._output_committed)
+            if not self.paused:
+                self.paused = True
+                self.paused_at = self._clock.seconds()
+        held.wait_for(barrier)
+
+    def _hold_output(self, data: bytes) -> None:
+        held = self._held
+        assert held is not None
+        held.append(data)
+        if len(held) > MAX_HELD_OUTPUT:
+            self.hold_input(held)
+
+    def _output_committed(self) -> None:
+        held, self._held = self._held, None
+        if self._ended:
+            return
+        if held is not None:
+            self.release_input(held)
+        if not self._transport_paused:
+            self.paused = False
+            if self.session is not None:
+                self.session.drain()

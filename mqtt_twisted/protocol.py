@@ -26,7 +26,7 @@ from mqtt_twisted.connect import (
 )
 from mqtt_twisted.handshake import Handshake
 from mqtt_twisted.inputgate import PACKETS_PER_TURN, InputGate, Linger
-from mqtt_twisted.outputgate import MAX_HELD_OUTPUT, HeldOutput
+from mqtt_twisted.outputgate import HeldOutput, OutputFlow
 from mqtt_twisted.packets import (
     MQTT_5,
     ConnAck,
@@ -63,7 +63,7 @@ NOT_FOUND = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
 
 
 @implementer(IPushProducer)
-class MQTTProtocol(PublishFlow, Protocol):
+class MQTTProtocol(OutputFlow, PublishFlow, Protocol):
     """One client connection. The transport's flow control pauses delivery to slow readers."""
 
     #: a TCP or TLS transport, or the WebSocket adapter (set by makeConnection)
@@ -255,61 +255,6 @@ class MQTTProtocol(PublishFlow, Protocol):
         self._end(
             "server shutting down", publish_will=False, reason_code=ReasonCode.SERVER_SHUTTING_DOWN
         )
-
-    # -- flow control (IPushProducer: the transport tells us when its buffer is full) --
-
-    def pauseProducing(self) -> None:
-        self._transport_paused = True
-        if not self.paused:
-            self.paused = True
-            self.paused_at = self._clock.seconds()
-
-    def resumeProducing(self) -> None:
-        self._transport_paused = False
-        if self._held is None:
-            self.paused = False
-            if self.session is not None:
-                self.session.drain()
-
-    def stopProducing(self) -> None:
-        self._transport_paused = True
-        self.paused = True
-
-    # -- output that waits for the store (see mqtt_twisted.outputgate) -------------------
-
-    def await_commit(self) -> None:
-        """What is written from now on waits until what was recorded so far is committed."""
-        journal = self.broker.journal
-        if journal is None or self._ended:
-            return
-        barrier = journal.barrier()
-        if barrier is None:
-            return
-        held = self._held
-        if held is None:
-            held = self._held = HeldOutput(self.transport.write, self._output_committed)
-            if not self.paused:
-                self.paused = True
-                self.paused_at = self._clock.seconds()
-        held.wait_for(barrier)
-
-    def _hold_output(self, data: bytes) -> None:
-        held = self._held
-        assert held is not None
-        held.append(data)
-        if len(held) > MAX_HELD_OUTPUT:
-            self.hold_input(held)
-
-    def _output_committed(self) -> None:
-        held, self._held = self._held, None
-        if self._ended:
-            return
-        if held is not None:
-            self.release_input(held)
-        if not self._transport_paused:
-            self.paused = False
-            if self.session is not None:
-                self.session.drain()
 
     # -- bytes in ---------------------------------------------------------------------
 

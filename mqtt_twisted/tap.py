@@ -7,7 +7,7 @@ import re
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
@@ -19,14 +19,12 @@ from mqtt_twisted import __version__
 from mqtt_twisted.acl import Acl, AclFileError, load_acl_file
 from mqtt_twisted.auth import Security
 from mqtt_twisted.broker import Broker, BrokerConfig
-from mqtt_twisted.broker.journal import Journal
-from mqtt_twisted.broker.records import StoreBackend, StoreError
-from mqtt_twisted.broker.restore import restore
 from mqtt_twisted.broker.systopics import SysTopics
 from mqtt_twisted.exposure import exposure_error
 from mqtt_twisted.logs import JSONLineObserver
 from mqtt_twisted.passwords import PasswordFileChecker, PasswordFileError
 from mqtt_twisted.protocol import MQTTFactory
+from mqtt_twisted.storeservice import open_store_service
 from mqtt_twisted.tls import TLSConfigError, TLSSettings, is_tls, server_endpoint
 
 log = Logger()
@@ -482,80 +480,6 @@ class ListenerService(Service):
         return None
 
 
-#: seconds the last commit may take at shutdown before the broker stops without it
-FINAL_COMMIT_SECONDS = 30.0
-
-
-class StoreService(Service):
-    """Commits what is left when the broker stops, then closes the store."""
-
-    def __init__(self, journal: Journal, backend: StoreBackend, clock) -> None:
-        self.journal = journal
-        self.backend = backend
-        self.clock = clock
-
-    def stopService(self):
-        super().stopService()
-        done: Deferred[None] = Deferred()
-        barrier = self.journal.close()
-        if barrier is None:
-            done.callback(None)
-            return done.addCallback(lambda _: self.backend.close())
-
-        def committed() -> None:
-            if timer.active():
-                timer.cancel()
-                done.callback(None)
-
-        def too_late() -> None:
-            log.error(
-                "store {store}: the last commit did not finish in {seconds:g} s; stopping "
-                "without it (what it held was never acknowledged)",
-                store=self.backend.description,
-                seconds=FINAL_COMMIT_SECONDS,
-            )
-            done.callback(None)
-
-        timer = self.clock.callLater(FINAL_COMMIT_SECONDS, too_late)
-        barrier.when_committed(committed)
-        done.addCallback(lambda _: self.backend.close())
-        done.addErrback(lambda f: log.failure("store: closing failed", f))
-        return done
-
-
-def refuse_to_start(why: str) -> NoReturn:
-    """Stop start-up with one line on standard error and exit status 1 (makeService runs
-    before twistd's log is set up)."""
-    sys.stderr.write(f"mqtt-twisted: {why}\n")
-    raise SystemExit(1)
-
-
-def open_broker_store(options: Options, reactor, broker_config: BrokerConfig):
-    """The store ``--store`` names, loaded: (journal, backend) or (None, None) for memory.
-
-    Runs before any listener opens; a store that cannot be used stops start-up in one line."""
-    from mqtt_twisted.storage import open_store
-
-    try:
-        backend = open_store(
-            options["store"], reactor, options["store-sync"], options["store-recover"]
-        )
-    except (StoreError, ValueError) as error:
-        refuse_to_start(str(error))
-    if backend is None:
-        log.info("store: memory (sessions and retained messages end with the process)")
-        return None, None
-    moved = getattr(backend, "moved_aside", None)
-    if moved is not None:
-        log.warn(
-            "store: {path} was not a usable store and was moved aside to {moved} "
-            "(--store-recover move-aside); starting empty",
-            path=getattr(backend, "path", options["store"]),
-            moved=moved,
-        )
-    return Journal(backend, reactor), backend
-
-
 class ReloadOnHangup(Service):
     """SIGHUP re-reads the password and ACL files, without dropping connections."""
 
@@ -620,25 +544,16 @@ def makeService(options: Options, reactor=None) -> MultiService:
         acl_path=options["acl-file"],
     )
     config = options.broker_config()
-    journal, backend = open_broker_store(options, reactor, config)
-    broker = Broker(reactor, config, hooks=security, journal=journal)
+    store = open_store_service(
+        options["store"], options["store-sync"], options["store-recover"], reactor
+    )
+    broker = Broker(reactor, config, hooks=security, journal=store.journal if store else None)
     settings = options.tls_settings()
     service = BrokerService()
     service.broker = broker
-    if journal is not None and backend is not None:
-        try:
-            snapshot = backend.load()
-        except StoreError as error:
-            refuse_to_start(str(error))
-        report = restore(broker, snapshot)
-        log.info(
-            "store {store}: loaded {sessions} sessions, {messages} queued or in-flight messages "
-            "and {retained} retained messages in {seconds:.3f} s (dropped as expired: "
-            "{expired_sessions} sessions, {expired_messages} messages)",
-            store=backend.description,
-            **report._asdict(),
-        )
-        StoreService(journal, backend, reactor).setServiceParent(service)  # first in, stops last
+    if store is not None:
+        store.load_into(broker)  # before any listener opens
+        store.setServiceParent(service)  # first in, stops last: after every client is closed
     if options["log-format"] == "json":
         service.log_observer = JSONLineObserver(sys.stdout)
     for description in options["mqtt"]:
