@@ -97,6 +97,19 @@ class BrokerCollector:
             if session.dropped:
                 dropped.add_metric([session.client_id], session.dropped)
         yield dropped
+        journal = broker.journal
+        if journal is not None:
+            commits = CounterMetricFamily("mqtt_store_commits", "store transactions committed")
+            commits.add_metric([], journal.commits)
+            yield commits
+            rows = CounterMetricFamily("mqtt_store_rows", "rows written or deleted by commits")
+            rows.add_metric([], journal.rows)
+            yield rows
+            failing = GaugeMetricFamily(
+                "mqtt_store_failing", "1 while the store's commits fail (acknowledgements wait)"
+            )
+            failing.add_metric([], int(journal.failing))
+            yield failing
 
 
 class MetricsResource(Resource):

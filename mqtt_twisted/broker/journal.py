@@ -109,6 +109,11 @@ class Journal:
         return self._committing
 
     @property
+    def failing(self) -> bool:
+        """The last commit failed (it is being retried)."""
+        return self._failing
+
+    @property
     def idle(self) -> bool:
         """Nothing recorded is waiting to be committed."""
         return not self._batch and self._committing is None

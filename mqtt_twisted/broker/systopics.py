@@ -111,6 +111,10 @@ class SysTopics:
             "clients/slow": str(stats.clients_slow),
             "connections/held": str(stats.connections_held),
         }
+        journal = broker.journal
+        if journal is not None:  # --store sqlite: commits of durable state so far
+            values["store/commits"] = str(journal.commits)
+            values["store/rows"] = str(journal.rows)
         values.update(self._loads())
         return values
 

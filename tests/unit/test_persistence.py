@@ -416,3 +416,33 @@ def test_an_incoming_qos2_id_removed_re_added_and_removed_in_one_batch_is_gone()
     journal.remove_inbound("c", 8)
     clock.advance(0)
     assert store.load().inbound == {}
+
+
+def test_store_commits_are_shown_in_sys_and_metrics():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from mqtt_twisted.broker.systopics import SysTopics
+    from mqtt_twisted.metrics import BrokerCollector
+
+    store, clock = ManualStore(), Clock()
+    broker = start(store, clock)
+    sub = persistent(broker, "sub")
+    subscribe_pending = Subscribe(1, [SubscriptionRequest("t", 1)])
+    sub.send(subscribe_pending)
+    clock.advance(0)
+    store.failing = True
+    store.settle()
+    connected(broker, "other", clean_start=False)  # a change whose commit fails
+    clock.advance(0)
+    registry = CollectorRegistry()
+    registry.register(BrokerCollector(broker))
+    text = generate_latest(registry).decode()
+    assert "mqtt_store_failing 1.0" in text
+    values = SysTopics(broker, 10, clock).values()
+    commits = int(values["store/commits"])
+    assert commits >= 1 and int(values["store/rows"]) >= 2
+    assert f"mqtt_store_commits_total {float(commits)}" in text
+    store.failing = False
+    clock.advance(RETRY_SECONDS)
+    store.settle()
+    assert "mqtt_store_failing 0.0" in generate_latest(registry).decode()
