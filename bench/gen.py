@@ -427,10 +427,12 @@ def send_some(s: socket.socket, data: memoryview, sel: selectors.BaseSelector) -
 class AckTracker:
     """PUBACKs read by a numbered publisher, as flags by sequence number in shared memory."""
 
-    def __init__(self, flags, stats: PublisherStats) -> None:
+    def __init__(self, flags, stats: PublisherStats, acked_at=None) -> None:
         self.flags = memoryview(flags).cast("B")
         self.stats = stats
         self.pending = bytearray()
+        #: optional shared doubles: time.monotonic() at which each PUBACK was read
+        self.acked_at = acked_at
 
     def feed(self, data: bytes, sent: int) -> None:
         """Account the PUBACKs in ``data``, ``sent`` messages having been sent so far."""
@@ -442,6 +444,7 @@ class AckTracker:
         if acks[0::4].count(0x40) + acks[1::4].count(0x02) != whole // 2:
             self.stats.errors += 1
         flags, last = self.flags, sent - 1
+        acked_at, now = self.acked_at, time.monotonic()
         acked = duplicates = errors = 0
         for high, low in zip(acks[2::4], acks[3::4]):
             seq = acknowledged_seq((high << 8) | low, last)
@@ -452,20 +455,36 @@ class AckTracker:
             else:
                 flags[seq] = 1
                 acked += 1
+                if acked_at is not None and seq < len(acked_at):
+                    acked_at[seq] = now
         self.stats.acked += acked
         self.stats.duplicate_acks += duplicates
         self.stats.errors += errors
 
 
 def numbered_publisher(
-    core, port, client_id, layout, window, rate, count, slot, stats, acked, state, ctl, deadline
+    core,
+    port,
+    client_id,
+    layout,
+    window,
+    rate,
+    count,
+    slot,
+    stats,
+    acked,
+    state,
+    ctl,
+    deadline,
+    timing=None,
 ):
     """QoS 1 messages 0, 1, 2 ... (``layout``: wire.NumberedPublishes), at most ``count``.
 
     At most ``window`` wait for their PUBACK (a new one goes out for each PUBACK read); with
     a ``rate``, no more than ``rate`` per second either (sent on a schedule from GO, never
     ahead of it). Every PUBACK sets ``acked[seq]``. After STOP it waits (up to 5 s) for the
-    PUBACKs still due.
+    PUBACKs still due. ``timing``: optional pair of shared double arrays (sent_at, acked_at)
+    where it writes ``time.monotonic()`` of each message's write and of its PUBACK's read.
     """
     pin(core)
     try:
@@ -475,7 +494,8 @@ def numbered_publisher(
         state[slot] = FAILED
         return
     count = min(count, len(acked))
-    tracker = AckTracker(acked, stats)
+    sent_at, acked_at = timing if timing is not None else (None, None)
+    tracker = AckTracker(acked, stats, acked_at)
     state[slot] = READY
     if not wait_flag(ctl, GO, deadline):
         s.close()
@@ -497,6 +517,10 @@ def numbered_publisher(
                 k = min(window - (sent - stats.acked), due - sent)
                 if k > 0:
                     s.sendall(layout.encode(sent, k))
+                    if sent_at is not None:
+                        now = time.monotonic()
+                        for seq in range(sent, min(sent + k, len(sent_at))):
+                            sent_at[seq] = now
                     sent += k
                     stats.sent = sent
             s.settimeout(0.5 if rate is None else 1.0 / rate)
@@ -530,15 +554,18 @@ def peer_closed(s: socket.socket) -> bool:
 class SeqTracker:
     """Sequence numbers a numbered subscriber received, as flags in shared memory."""
 
-    def __init__(self, flags, stats: SubscriberStats, publisher_id: int) -> None:
+    def __init__(self, flags, stats: SubscriberStats, publisher_id: int, seen_at=None) -> None:
         self.flags = memoryview(flags).cast("B")
         self.stats = stats
         self.publisher_id = publisher_id
         self.highest = -1
+        #: optional shared doubles: time.monotonic() at which each message was first read
+        self.seen_at = seen_at
 
     def feed(self, publishers, seqs) -> None:
         """Account one batch: the publisher id and sequence number of each message."""
         flags, highest = self.flags, self.highest
+        seen_at, now = self.seen_at, time.monotonic()
         unique = duplicates = late = 0
         errors = len(publishers) - publishers.count(self.publisher_id)
         for seq in seqs:
@@ -549,6 +576,8 @@ class SeqTracker:
             else:
                 flags[seq] = 1
                 unique += 1
+                if seen_at is not None and seq < len(seen_at):
+                    seen_at[seq] = now
                 if seq < highest:
                     late += 1
                 else:
@@ -576,6 +605,8 @@ def numbered_subscriber(
     state,
     ctl,
     deadline,
+    clean=True,
+    seen_at=None,
 ):
     """A QoS 1 subscriber that records the number of every message (``seen[seq]``).
 
@@ -584,15 +615,20 @@ def numbered_subscriber(
     from GO on, leaving the rest in the socket. When the broker closes the connection, the
     time is recorded as soon as the FIN or RST arrives (not after the slow reader has got
     through the data before it), and what was delivered before it is still read.
+
+    ``clean`` False: a persistent session (clean session 0); ``topic_filter`` None then
+    resumes the session without subscribing (what the broker kept for it follows the
+    CONNACK). ``seen_at``: optional shared doubles where it writes ``time.monotonic()`` of
+    each message's first arrival.
     """
     pin(core)
     try:
-        s = open_client(port, client_id, topic_filter, 1)
+        s = open_client(port, client_id, topic_filter, 1, clean=clean)
     except Exception as error:  # noqa: BLE001
         print(f"numbered subscriber {slot}: {error}", flush=True)
         state[slot] = FAILED
         return
-    tracker = SeqTracker(seen, stats, publisher_id)
+    tracker = SeqTracker(seen, stats, publisher_id, seen_at)
     state[slot] = READY
     if not wait_flag(ctl, GO, deadline):
         s.close()

@@ -273,8 +273,14 @@ class NumberedSubscriber:
         return cls(ctx.RawValue(SubscriberStats), ctx.RawArray("B", MAX_MESSAGES))
 
 
-def spawn_numbered_subscriber(run, cfg, broker, slot, topic, layout, rate, sub, client_id):
-    """Start a numbered QoS 1 subscriber of ``topic`` (``rate`` None: reads at full speed)."""
+def spawn_numbered_subscriber(
+    run, cfg, broker, slot, topic, layout, rate, sub, client_id, clean=True, seen_at=None
+):
+    """Start a numbered QoS 1 subscriber of ``topic`` (``rate`` None: reads at full speed).
+
+    ``clean`` False: a persistent session (``topic`` None: resumed without subscribing);
+    ``seen_at``: shared doubles for each message's arrival time (see gen.numbered_subscriber).
+    """
     run.spawn(
         gen.numbered_subscriber,
         cfg.gen_core,
@@ -290,6 +296,8 @@ def spawn_numbered_subscriber(run, cfg, broker, slot, topic, layout, rate, sub, 
         run.state,
         run.ctl,
         run.deadline,
+        clean,
+        seen_at,
     )
 
 
@@ -516,17 +524,24 @@ def is_quiet(metric: str, per: dict[str, list[OverloadResult]]) -> bool:
     )
 
 
-def table(results: dict[str, dict[str, list[OverloadResult]]], names: list[str]) -> str:
-    """Per scenario, per metric and broker: median, min, max over rounds, ours/mosquitto."""
+def table(
+    results: dict[str, dict[str, list[OverloadResult]]],
+    names: list[str],
+    scenarios: dict[str, Scenario] | None = None,
+    reference: str = "mosquitto",
+) -> str:
+    """Per scenario, per metric and broker: median, min, max over rounds, ours/``reference``."""
     out = []
-    for key, scenario in SCENARIOS.items():
+    width = max(10, *(len(n) for n in names)) if names else 10
+    ratio_head = f"ours/{reference}"
+    for key, scenario in (scenarios or SCENARIOS).items():
         per = results.get(key)
         if not per:
             continue
         out.append(f"\n{scenario.title}")
         out.append(
-            f"  {'metric':<27} {'broker':<10} {'median':>10} {'min':>10} {'max':>10} "
-            f"{'runs':>4} {'ours/mosquitto':>14}"
+            f"  {'metric':<27} {'broker':<{width}} {'median':>10} {'min':>10} {'max':>10} "
+            f"{'runs':>4} {ratio_head:>14}"
         )
         metrics = list(next(iter(per.values()))[0].metrics)
         for metric in metrics:
@@ -537,15 +552,15 @@ def table(results: dict[str, dict[str, list[OverloadResult]]], names: list[str])
             }
             if metric in QUIET_WHEN_ZERO and is_quiet(metric, per):
                 continue
-            reference = rows.get("mosquitto", (float("nan"),))[0]
+            other = rows.get(reference, (float("nan"),))[0]
             label = metric
             for name, (mid, low, high, count) in rows.items():
                 ratio = ""
-                if name.startswith("ours") and "mosquitto" in rows:
-                    ratio = f"{mid / reference:.2f}" if reference else "n/a"
+                if name.startswith("ours") and reference in rows:
+                    ratio = f"{mid / other:.2f}" if other and other == other else "n/a"
                 out.append(
-                    f"  {label:<27} {name:<10} {fmt(mid):>10} {fmt(low):>10} {fmt(high):>10} "
-                    f"{count:>4} {ratio:>14}"
+                    f"  {label:<27} {name:<{width}} {fmt(mid):>10} {fmt(low):>10} "
+                    f"{fmt(high):>10} {count:>4} {ratio:>14}"
                 )
                 label = ""
         for name in names:

@@ -8,7 +8,10 @@ several rounds; "ours-2" is a second, independent process of our broker, so the 
 the run-to-run spread of one broker. The generator's ceiling is measured against a trivial
 relay (sink.py) on the broker core. The overload scenarios (flood-qos0-fanin flooded and
 paced, flood-qos1, slow-subscriber; see overload.py) run each on a fresh broker process with
-its default limits and report accepted, delivered and lost messages side by side.
+its default limits and report accepted, delivered and lost messages side by side. The
+persistence scenarios (``--only persist``, ``--only persist-restart``; see persistence.py)
+compare our broker with --store memory, sqlite normal and sqlite full against Mosquitto with
+persistence; bench/soak.py is a separate long-running check of the store file's size.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ sys.path.insert(0, str(HERE))
 
 import gen  # noqa: E402
 import overload  # noqa: E402
+import persistence  # noqa: E402
 from gen import FAILED, GO, STOP  # noqa: E402
 from harness import Offset, Run, ctx, settle  # noqa: E402
 
@@ -85,16 +89,36 @@ class Broker:
 
     ``tuned``: with the throughput scenarios' settings (no limit on queued messages);
     otherwise with the broker's default limits (overload scenarios). ``options``: extra
-    command-line options for our broker.
+    command-line options for our broker; without a ``--store`` among them it gets its own
+    store file in ``tmp`` (the default store is sqlite:mqtt-twisted.sqlite in the working
+    directory, which every process of ours would otherwise share). ``conf``: extra lines of
+    Mosquitto's configuration file (one with ``persistence`` or ``max_queued_messages``
+    replaces the default ``persistence false`` or the tuned limit). ``port``: a fixed port
+    (a restart on the same port), otherwise a free one at each start.
     """
 
     def __init__(
-        self, name: str, kind: str, tmp: Path, tuned: bool = True, options: tuple[str, ...] = ()
+        self,
+        name: str,
+        kind: str,
+        tmp: Path,
+        tuned: bool = True,
+        options: tuple[str, ...] = (),
+        conf: tuple[str, ...] = (),
+        port: int = 0,
     ) -> None:
         self.name, self.kind, self.tmp = name, kind, tmp
-        self.tuned, self.options = tuned, options
+        self.tuned, self.options, self.conf = tuned, options, conf
         self.process: subprocess.Popen | None = None
-        self.port = 0
+        self.fixed_port = port
+        self.port = port
+        #: seconds start() waits for the listener; seconds the last start took to listen
+        self.start_limit = 20.0
+        self.listening_after = float("nan")
+
+    @property
+    def log_path(self) -> Path:
+        return self.tmp / f"{self.name}.log"
 
     def command(self) -> list[str]:
         port = self.port
@@ -111,16 +135,30 @@ class Broker:
                 "--sys-interval",
                 "0",
                 *(["--max-queued-messages", "0"] if self.tuned else []),
+                *(
+                    []
+                    if any(o.startswith("--store") for o in self.options)
+                    else ["--store", f"sqlite:{self.name}-{port}.sqlite"]
+                ),
                 *self.options,
             ]
         if self.kind == "mosquitto":
             conf = self.tmp / f"{self.name}-{port}.conf"
+
+            def given(option: str) -> bool:
+                return any(line.split()[:1] == [option] for line in self.conf)
+
             conf.write_text(
                 f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                + ("max_queued_messages 100000000\n" if self.tuned else "")
-                + "persistence false\n"
-                "log_dest stdout\nlog_type error\nlog_type warning\n"
+                + (
+                    "max_queued_messages 100000000\n"
+                    if self.tuned and not given("max_queued_messages")
+                    else ""
+                )
+                + ("" if given("persistence") else "persistence false\n")
+                + "log_dest stdout\nlog_type error\nlog_type warning\n"
                 + ("set_tcp_nodelay true\n" if MOSQUITTO_NODELAY else "")
+                + "".join(f"{line}\n" for line in self.conf)
             )
             return [MOSQUITTO, "-c", str(conf)]
         if self.kind == "amqtt":
@@ -136,8 +174,8 @@ class Broker:
         raise ValueError(self.kind)
 
     def start(self) -> None:
-        self.port = free_port()
-        logfile = open(self.tmp / f"{self.name}.log", "ab")  # noqa: SIM115
+        self.port = self.fixed_port or free_port()
+        logfile = open(self.log_path, "ab")  # noqa: SIM115
         env = dict(os.environ)
         if self.kind == "ours" and os.environ.get("BENCH_OURS_PYTHONPATH"):
             # experiments: a patched copy of mqtt_twisted first on the path
@@ -152,18 +190,20 @@ class Broker:
             preexec_fn=broker_preexec,
         )
         logfile.close()
-        deadline = time.monotonic() + 20
+        began = time.monotonic()
+        deadline = began + self.start_limit
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited at start (see {self.tmp}/{self.name}.log)")
             try:
                 socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                self.listening_after = time.monotonic() - began
                 time.sleep(0.2)  # let it settle
                 return
             except OSError:
-                time.sleep(0.05)
+                time.sleep(0.02)
         self.stop()
-        raise RuntimeError(f"{self.name} did not listen within 20 s")
+        raise RuntimeError(f"{self.name} did not listen within {self.start_limit:.0f} s")
 
     def stop(self) -> None:
         p = self.process
@@ -520,6 +560,9 @@ def top_functions(path: Path, limit: int = 10) -> str:
 
 # -- report --------------------------------------------------------------------------
 
+#: --only name of the restart-time measurement (persistence.py)
+RESTART = "persist-restart"
+
 SCENARIOS = {
     "fan-in": ("QoS 0 fan-in 8 pub -> 1 sub '#', msgs/s delivered", fan_in, True),
     "fan-out": ("QoS 0 fan-out 1 pub -> 100 subs, msgs/s delivered", fan_out, True),
@@ -727,6 +770,8 @@ class Config:
         #: flooded QoS 0: the kernel buffers' backlog takes a while (ends after 1 s idle)
         self.flood_drain = 20.0 if quick else 60.0
         self.slow_seconds = 6.0 if quick else 10.0
+        #: persistence scenarios (persistence.py): a fresh broker and store per run
+        self.persist_rounds = rounds or (1 if quick else 3)
         self.gen_core = GEN_CORE
 
 
@@ -736,7 +781,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="rounds of every scenario (default 2 / 5)")
     parser.add_argument(
         "--only",
-        help="comma-separated scenarios: " + ",".join([*SCENARIOS, *overload.GROUPS]),
+        help="comma-separated scenarios: "
+        + ",".join([*SCENARIOS, *overload.GROUPS, *persistence.GROUPS, RESTART]),
     )
     parser.add_argument("--brokers", help="comma-separated: ours,ours-2,mosquitto,amqtt")
     parser.add_argument(
@@ -769,8 +815,9 @@ def main() -> None:
         )
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
-    only = args.only.split(",") if args.only else [*SCENARIOS, *overload.GROUPS]
+    only = args.only.split(",") if args.only else [*SCENARIOS, *overload.GROUPS, "persist", RESTART]
     overload_keys = overload.selected(only)
+    persist_keys = persistence.selected(only)
     with tempfile.TemporaryDirectory(prefix="mqtt-bench-") as tmpname:
         tmp = Path(tmpname)
         if args.profile:
@@ -794,11 +841,14 @@ def main() -> None:
             f"generator core {GEN_CORE}; {'quick' if cfg.quick else 'full'} run"
         )
         results: dict = {}
-        if not args.no_ceiling:
+        ceiling: dict = {}
+        wants_ceiling = any(k in only for k in ("fan-in", "fan-out", "qos1", "latency")) or any(
+            overload.SCENARIOS[k].ceiling for k in overload_keys
+        )
+        if not args.no_ceiling and wants_ceiling:
             sink = Broker("sink", "sink", tmp)
             sink.start()
             try:
-                ceiling = {}
                 for key in ("fan-in", "fan-out", "qos1", "latency"):
                     if key in only:
                         ceiling[key] = SCENARIOS[key][1](sink.port, cfg)
@@ -844,6 +894,13 @@ def main() -> None:
             for broker in running.values():
                 broker.stop()
         overload_results = run_overload(overload_keys, names, kinds, tmp, cfg)
+        persist_names = persistence.brokers_for(names)
+        persist_results = persistence.run_scenarios(
+            persist_keys, persist_names, Broker, tmp, cfg, log
+        )
+        restart_results = (
+            persistence.run_restart(persist_names, Broker, tmp, cfg, log) if RESTART in only else {}
+        )
         if "idle" in only:
             idle_names = [n for n in names if n != "ours-2"]
             for rnd in range(cfg.idle_rounds):
@@ -869,6 +926,10 @@ def main() -> None:
             )
         log(table(results, names))
         log(overload.table(overload_results, names))
+        if persist_results:
+            log(persistence.table(persist_results, persist_names))
+        if restart_results:
+            log(persistence.restart_table(restart_results))
         log(targets(results))
         if "ours" in names and "ours-2" in names:
             spread = []
@@ -887,6 +948,11 @@ def main() -> None:
             key: {name: [asdict(r) for r in runs] for name, runs in per.items()}
             for key, per in overload_results.items()
         }
+        results["persist"] = {
+            key: {name: [asdict(r) for r in runs] for name, runs in per.items()}
+            for key, per in persist_results.items()
+        }
+        results[RESTART] = restart_results
         (out_dir / "last.json").write_text(json.dumps(results, indent=1))
     if not args.no_matching:
         import matching

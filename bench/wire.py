@@ -35,9 +35,10 @@ def packet(b0: int, body: bytes) -> bytes:
     return bytes([b0]) + varint(len(body)) + body
 
 
-def connect_packet(client_id: str) -> bytes:
-    # protocol name, level 4 (3.1.1), flags: clean session, keep alive 0 (no PINGREQ)
-    return packet(0x10, _str(b"MQTT") + b"\x04\x02\x00\x00" + _str(client_id.encode()))
+def connect_packet(client_id: str, clean: bool = True) -> bytes:
+    """CONNECT, MQTT 3.1.1, keep alive 0 (no PINGREQ); ``clean`` False: a persistent session."""
+    flags = b"\x02" if clean else b"\x00"
+    return packet(0x10, _str(b"MQTT") + b"\x04" + flags + b"\x00\x00" + _str(client_id.encode()))
 
 
 def subscribe_packet(packet_id: int, topic_filter: str, qos: int) -> bytes:
@@ -53,6 +54,7 @@ def publish_packet(topic: str, payload: bytes, qos: int = 0, packet_id: int = 0)
 
 DISCONNECT = b"\xe0\x00"
 CONNACK_OK = b"\x20\x02\x00\x00"
+CONNACK_SESSION_PRESENT = b"\x20\x02\x01\x00"
 
 
 def recv_exactly(sock: socket.socket, n: int) -> bytes:
@@ -75,8 +77,14 @@ def open_client(
     source: str | None = None,
     timeout: float = 10.0,
     pipelined: bool = False,
+    clean: bool = True,
 ) -> socket.socket:
-    """Connect (and subscribe); returns a blocking socket with a timeout, handshake done."""
+    """Connect (and subscribe); returns a blocking socket with a timeout, handshake done.
+
+    ``clean`` False: a persistent session (clean session 0), whose CONNACK may say the
+    session was present; without ``topic_filter`` nothing is subscribed, and what the broker
+    kept for the session may follow the CONNACK at once.
+    """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -87,11 +95,11 @@ def open_client(
         sock.connect(("127.0.0.1", port))
         sub = subscribe_packet(1, topic_filter, qos) if topic_filter is not None else b""
         if pipelined and sub:
-            sock.sendall(connect_packet(client_id) + sub)
+            sock.sendall(connect_packet(client_id, clean) + sub)
         else:
-            sock.sendall(connect_packet(client_id))
+            sock.sendall(connect_packet(client_id, clean))
         connack = recv_exactly(sock, 4)
-        if connack != CONNACK_OK:
+        if connack != CONNACK_OK and (clean or connack != CONNACK_SESSION_PRESENT):
             raise ConnectionError(f"{client_id}: CONNACK {connack!r}")
         if sub:
             if not pipelined:
