@@ -60,7 +60,7 @@ class Session:
         "awaiting_pubrel", "expiry_call", "delayed_will", "will_call", "dropped", "slow",
         "flow", "identity", "_dropping", "_next_id", "_stats", "_clock", "_config",
         "_max_window", "_window", "_queued_bytes", "_inflight_bytes", "_high", "_high_bytes",
-        "_low", "_low_bytes", "journal", "_seq", "protocol_level",
+        "_low", "_low_bytes", "_limit", "journal", "_seq", "protocol_level",
     )  # fmt: skip
 
     def __init__(
@@ -110,6 +110,8 @@ class Session:
         self._queued_bytes = 0
         self._inflight_bytes = 0
         self._high = config.queue_high_water
+        #: --max-queued-messages: where an offline or slow client's queue drops (0: never)
+        self._limit = config.max_queued_messages
         self._high_bytes = config.max_queued_bytes
         self._low = self._high * LOW_WATER_PERCENT // 100
         self._low_bytes = self._high_bytes * LOW_WATER_PERCENT // 100
@@ -218,17 +220,29 @@ class Session:
         high_bytes = self._high_bytes * factor
         return bool(high_bytes and queue) and self._queued_bytes + size > high_bytes
 
+    def _over_limit(self, size: int, factor: int = 1) -> bool:
+        """Whether a message of ``size`` payload bytes exceeds --max-queued-messages /
+        --max-queued-bytes (``factor`` times them); 0 is no limit."""
+        limit = self._limit
+        if limit and len(self.queue) >= limit * factor:
+            return True
+        high_bytes = self._high_bytes * factor
+        return bool(high_bytes and self.queue) and self._queued_bytes + size > high_bytes
+
     def _enqueue(self, item: Queued, origin: Session | None) -> None:
         size = len(item.message.payload)
         if self._full(size):
             if self.connection is None:
-                self._drop()  # offline: bounded by dropping
+                if self._over_limit(size):
+                    self._drop()  # offline: bounded by dropping
+                    return
+                self._push(item)
                 return
             if origin is None or origin is self:
                 # Nobody to hold back: a will, $SYS, retained messages on SUBSCRIBE, or its
                 # own messages (whose acknowledgements share its input). They may use a
                 # second limit's worth of room, then they are dropped: bounded all the same.
-                if self._full(size, HARD_LIMIT_FACTOR):
+                if self._over_limit(size, HARD_LIMIT_FACTOR):
                     self._drop()
                     return
                 self._push(item)
@@ -238,7 +252,7 @@ class Session:
                 # publisher, so the queue exceeds the limit by at most one message per
                 # publisher.
                 self._hold(origin)
-            if self.slow:
+            if self.slow and self._over_limit(size):
                 self._drop()
                 return
         self._push(item)

@@ -423,3 +423,28 @@ def test_prompt_subscriber_is_never_dropped_for_however_long_it_holds_publishers
     assert got == list(range(count))
     assert acks == count
     assert broker.stats.publish_dropped == 0 and broker.stats.clients_slow == 0
+
+
+def test_no_queue_limit_keeps_every_message_for_an_offline_session():
+    """--max-queued-messages 0 is no limit: an offline persistent session keeps more than
+    the 1,000 messages at which connected subscribers hold their publishers back."""
+    broker, clock = make_broker(max_queued_messages=0)
+    sub = connected(broker, "sub", clean_start=False)
+    sub.send(Subscribe(1, [SubscriptionRequest("t", 1)]))
+    sub.received()
+    sub.lose()
+    pub = connected(broker, "pub")
+    for n in range(1500):
+        pub.send(Publish("t", str(n).encode(), qos=1, packet_id=n % 65535 + 1))
+    assert len(pub.received()) == 1500
+    sub = FakeClient(broker)
+    sub.send(Connect("sub", 4, "MQTT", clean_start=False))
+    got: list[bytes] = []
+    for _ in range(200):
+        packets = [p for p in sub.received() if isinstance(p, Publish)]
+        if not packets:
+            break
+        got += [p.payload for p in packets]
+        for p in packets:
+            sub.send(PubAck(p.packet_id))
+    assert got == [str(n).encode() for n in range(1500)]
