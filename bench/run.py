@@ -9,9 +9,10 @@ the run-to-run spread of one broker. The generator's ceiling is measured against
 relay (sink.py) on the broker core. The overload scenarios (flood-qos0-fanin flooded and
 paced, flood-qos1, slow-subscriber; see overload.py) run each on a fresh broker process with
 its default limits and report accepted, delivered and lost messages side by side. The
-persistence scenarios (``--only persist``, ``--only persist-restart``; see persistence.py)
-compare our broker with --store memory, sqlite normal and sqlite full against Mosquitto with
-persistence; bench/soak.py is a separate long-running check of the store file's size.
+persistence scenarios (``--only persist``, ``--only persist-restart``; see persistence.py
+and restart.py) compare our broker with --store memory, sqlite normal and sqlite full
+against Mosquitto with persistence; bench/soak.py is a separate long-running check of the
+store file's size.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+import brokerprobe  # noqa: E402
 import gen  # noqa: E402
 import overload  # noqa: E402
 import persistence  # noqa: E402
+import restart  # noqa: E402
 from gen import FAILED, GO, STOP  # noqa: E402
 from harness import Offset, Run, ctx, settle  # noqa: E402
 
@@ -560,7 +563,7 @@ def top_functions(path: Path, limit: int = 10) -> str:
 
 # -- report --------------------------------------------------------------------------
 
-#: --only name of the restart-time measurement (persistence.py)
+#: --only name of the restart-time measurement (restart.py)
 RESTART = "persist-restart"
 
 SCENARIOS = {
@@ -894,12 +897,12 @@ def main() -> None:
             for broker in running.values():
                 broker.stop()
         overload_results = run_overload(overload_keys, names, kinds, tmp, cfg)
-        persist_names = persistence.brokers_for(names)
+        persist_names = brokerprobe.brokers_for(names)
         persist_results = persistence.run_scenarios(
             persist_keys, persist_names, Broker, tmp, cfg, log
         )
         restart_results = (
-            persistence.run_restart(persist_names, Broker, tmp, cfg, log) if RESTART in only else {}
+            restart.run_restart(persist_names, Broker, tmp, cfg, log) if RESTART in only else {}
         )
         if "idle" in only:
             idle_names = [n for n in names if n != "ours-2"]
@@ -929,7 +932,7 @@ def main() -> None:
         if persist_results:
             log(persistence.table(persist_results, persist_names))
         if restart_results:
-            log(persistence.restart_table(restart_results))
+            log(restart.restart_table(restart_results))
         log(targets(results))
         if "ours" in names and "ours-2" in names:
             spread = []

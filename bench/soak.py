@@ -36,8 +36,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import brokerprobe  # noqa: E402
 import gen  # noqa: E402
-import persistence  # noqa: E402
+import restart  # noqa: E402
 import run  # noqa: E402
 from gen import FAILED, GO, QUIT, READY, STOP, PublisherStats, pin, wait_flag  # noqa: E402
 from harness import Run, ctx, settle  # noqa: E402
@@ -135,7 +136,7 @@ def soak_subscriber(
         n = len(buf)
         received = unique = duplicates = errors = 0
         while True:
-            head = persistence.body_at(buf[pos : pos + 5])
+            head = restart.body_at(buf[pos : pos + 5])
             if head is None:
                 break
             at, length = head
@@ -258,7 +259,7 @@ def main() -> None:
 
 
 def soak(tmp: Path, args, seconds: float, cycle: tuple[float, float], core: int) -> None:
-    warning = persistence.filesystem_warning(tmp)
+    warning = brokerprobe.filesystem_warning(tmp)
     if warning:
         log(warning)
     db = tmp / "soak.sqlite"
@@ -272,7 +273,7 @@ def soak(tmp: Path, args, seconds: float, cycle: tuple[float, float], core: int)
             f"sqlite:{db}",
             "--store-sync",
             args.sync,
-            *persistence.OURS_NO_LIMITS,
+            *brokerprobe.OURS_NO_LIMITS,
         ),
     )
     npub = args.publishers
@@ -287,7 +288,7 @@ def soak(tmp: Path, args, seconds: float, cycle: tuple[float, float], core: int)
     pubs = [ctx.RawValue(PublisherStats) for _ in range(npub)]
     acked = [ctx.RawArray("B", count) for _ in range(npub)]
     retainer = ctx.RawValue(RetainerStats)
-    offset = persistence.log_offset(broker)
+    offset = brokerprobe.log_offset(broker)
     log(
         f"soak: {args.minutes:g} min, store {db} (synchronous {args.sync}); {npub} QoS 1 "
         f"publishers at {args.rate:,} msg/s together -> {nsub} persistent subscribers "
@@ -344,7 +345,7 @@ def soak(tmp: Path, args, seconds: float, cycle: tuple[float, float], core: int)
             deadline,
         )
         work.wait_ready(range(nsub, nsub + npub + 1))
-        wrote = persistence.written_bytes(broker.pid)
+        wrote = brokerprobe.written_bytes(broker.pid)
 
         def sample(elapsed: float, label: str = "") -> dict:
             main_db, wal = sizes(db)
@@ -355,17 +356,17 @@ def soak(tmp: Path, args, seconds: float, cycle: tuple[float, float], core: int)
                 "reconnects": sub_stats[-1].connects,
                 "db": main_db,
                 "wal": wal,
-                "rss": persistence.rss_mib(broker.pid),
-                "wrote": persistence.written_bytes(broker.pid) - wrote,
+                "rss": brokerprobe.rss_mib(broker.pid),
+                "wrote": brokerprobe.written_bytes(broker.pid) - wrote,
                 "retained": retainer.acked,
             }
             samples.append(row)
             log(
                 f"{elapsed / 60:6.1f} min  acked {row['acked']:>9,}  delivered "
                 f"{row['delivered']:>9,}  reconnects {row['reconnects']:>4}  retained set/clr "
-                f"{row['retained']:>6,}  sqlite {persistence.mib(main_db):7.2f} MiB  wal "
-                f"{persistence.mib(wal):7.2f} MiB  RSS {row['rss']:6.1f} MiB  wrote "
-                f"{persistence.mib(row['wrote']):8.1f} MiB{label}"
+                f"{row['retained']:>6,}  sqlite {brokerprobe.mib(main_db):7.2f} MiB  wal "
+                f"{brokerprobe.mib(wal):7.2f} MiB  RSS {row['rss']:6.1f} MiB  wrote "
+                f"{brokerprobe.mib(row['wrote']):8.1f} MiB{label}"
             )
             return row
 
@@ -396,14 +397,14 @@ def soak(tmp: Path, args, seconds: float, cycle: tuple[float, float], core: int)
         report(samples, final, names, sub_stats, seen, acked, pubs, retainer, total, drained)
     finally:
         work.finish()
-        took, code = persistence.stop_broker(broker)
+        took, code = brokerprobe.stop_broker(broker)
         main_db, wal = sizes(db)
         log(
             f"broker stopped in {took:.2f} s (exit status {code}; -15: twistd's own exit after "
-            f"SIGTERM); after stop: sqlite {persistence.mib(main_db):.2f} MiB, wal "
-            f"{persistence.mib(wal):.2f} MiB"
+            f"SIGTERM); after stop: sqlite {brokerprobe.mib(main_db):.2f} MiB, wal "
+            f"{brokerprobe.mib(wal):.2f} MiB"
         )
-        lines = persistence.suspect_lines(broker, offset, limit=10)
+        lines = brokerprobe.suspect_lines(broker, offset, limit=10)
         log("broker log: " + ("nothing suspect" if not lines else ""))
         for line in lines:
             log(f"  {line}")
@@ -429,7 +430,7 @@ def report(samples, final, names, sub_stats, seen, acked, pubs, retainer, total,
         log(f"  publisher errors/closed connections: {errors}")
     for key, label in (("db", "sqlite MiB"), ("wal", "wal MiB"), ("rss", "RSS MiB")):
         values = [s[key] for s in samples]
-        scale = persistence.mib if key != "rss" else float
+        scale = brokerprobe.mib if key != "rss" else float
         half = values[len(values) // 2 :]
         log(
             f"  {label:<11} first {scale(values[0]):8.2f}  last {scale(values[-1]):8.2f}  max "
@@ -438,8 +439,8 @@ def report(samples, final, names, sub_stats, seen, acked, pubs, retainer, total,
         )
     minutes = final["elapsed"] / 60
     log(
-        f"  broker wrote {persistence.mib(final['wrote']):.1f} MiB in {minutes:.1f} min "
-        f"({persistence.mib(final['wrote']) / max(minutes, 1e-9):.1f} MiB/min)"
+        f"  broker wrote {brokerprobe.mib(final['wrote']):.1f} MiB in {minutes:.1f} min "
+        f"({brokerprobe.mib(final['wrote']) / max(minutes, 1e-9):.1f} MiB/min)"
     )
 
 
