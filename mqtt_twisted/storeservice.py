@@ -30,10 +30,12 @@ class StoreService(Service):
     """The broker's store while it runs: loads it into the broker at start-up, commits what
     is left when the broker stops, then closes it."""
 
-    def __init__(self, backend: StoreBackend, clock: Any, opened_at: float) -> None:
+    def __init__(
+        self, backend: StoreBackend, clock: Any, opened_at: float, window: float = 0.0
+    ) -> None:
         self.backend = backend
         self.clock = clock
-        self.journal = Journal(backend, clock)
+        self.journal = Journal(backend, clock, window)
         self._opened_at = opened_at
 
     def load_into(self, broker: Broker) -> None:
@@ -87,7 +89,9 @@ def refuse_to_start(why: str) -> NoReturn:
     raise SystemExit(1)
 
 
-def open_store_service(spec: str, sync: str, recover: str, reactor: Any) -> StoreService | None:
+def open_store_service(
+    spec: str, sync: str, recover: str, reactor: Any, window: float = 0.0
+) -> StoreService | None:
     """The store ``--store`` names, opened (None for ``memory``: nothing is kept)."""
     opened_at = time.perf_counter()
     try:
@@ -105,4 +109,4 @@ def open_store_service(spec: str, sync: str, recover: str, reactor: Any) -> Stor
             path=getattr(backend, "path", spec),
             moved=moved,
         )
-    return StoreService(backend, reactor, opened_at)
+    return StoreService(backend, reactor, opened_at, window)

@@ -110,6 +110,15 @@ class Options(usage.Options):
             lambda text: {"full": "full", "normal": "normal"}[text.lower()],
         ],
         [
+            "store-commit-window",
+            None,
+            0.001,
+            "Seconds a batch of changes collects before it is committed (0 = at the next "
+            "turn of the event loop): a message delivered and acknowledged within it is "
+            "never written; PUBACKs that wait for the store wait that much longer.",
+            _non_negative_float,
+        ],
+        [
             "store-recover",
             None,
             "fail",
@@ -545,7 +554,11 @@ def makeService(options: Options, reactor=None) -> MultiService:
     )
     config = options.broker_config()
     store = open_store_service(
-        options["store"], options["store-sync"], options["store-recover"], reactor
+        options["store"],
+        options["store-sync"],
+        options["store-recover"],
+        reactor,
+        options["store-commit-window"],
     )
     broker = Broker(reactor, config, hooks=security, journal=store.journal if store else None)
     settings = options.tls_settings()

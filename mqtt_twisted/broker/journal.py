@@ -74,8 +74,12 @@ class Barrier:
 class Journal:
     """Records changes into batches and commits them through ``backend``, one at a time."""
 
-    def __init__(self, backend: StoreBackend, clock: IReactorTime) -> None:
+    def __init__(self, backend: StoreBackend, clock: IReactorTime, window: float = 0.0) -> None:
         self.backend = backend
+        #: seconds a batch collects after its first change before it is committed: a
+        #: message acknowledged within it is never written (0: commit on the next turn)
+        self.window = window
+        self._batch_started = 0.0
         #: incremented on every change: callers compare it to see whether they changed state
         self.changes = 0
         #: commits done, rows written (for $SYS and the log)
@@ -122,8 +126,11 @@ class Journal:
 
     def _changed(self) -> None:
         self.changes += 1
-        if self._committing is None and self._scheduled is None and not self._closed:
-            self._scheduled = self._clock.callLater(0, self._commit)
+        if self._scheduled is None and not self._closed:
+            if not self._batch_started:
+                self._batch_started = self._clock.seconds()
+            if self._committing is None:
+                self._scheduled = self._clock.callLater(self.window, self._commit)
 
     def _commit(self) -> None:
         self._scheduled = None
@@ -138,6 +145,7 @@ class Journal:
             return
         if barrier is None:
             barrier = Barrier()
+        self._batch_started = 0.0
         self._batch = Batch()
         self._batch_barrier = None
         self._fresh_deliveries = set()
@@ -161,7 +169,15 @@ class Journal:
             log.info("store {store}: commits work again", store=self.backend.description)
         barrier.fire()
         if (self._batch or self._batch_barrier) and self._scheduled is None:
-            self._commit()  # collected while that commit ran: at once
+            # collected while that commit ran: committed once its window is over (at once
+            # when the store is closing)
+            wait = 0.0
+            if not self._closed:
+                wait = self._batch_started + self.window - self._clock.seconds()
+            if wait > 0:
+                self._scheduled = self._clock.callLater(wait, self._commit)
+            else:
+                self._commit()
 
     def _failed(self, failure: Failure, batch: Batch, barrier: Barrier) -> None:
         self._committing = None

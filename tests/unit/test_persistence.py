@@ -446,3 +446,26 @@ def test_store_commits_are_shown_in_sys_and_metrics():
     clock.advance(RETRY_SECONDS)
     store.settle()
     assert "mqtt_store_failing 0.0" in generate_latest(registry).decode()
+
+
+def test_a_message_acknowledged_within_the_commit_window_is_never_written():
+    """--store-commit-window: the batch waits its window; a delivery to a connected
+    persistent session acknowledged within it cancels out, and the publisher's PUBACK comes
+    once the window is over."""
+    store, clock = ManualStore(), Clock()
+    broker = Broker(clock, BrokerConfig(), journal=Journal(store, clock, window=0.005))
+    sub = persistent(broker, "sub")
+    sub.send(Subscribe(1, [SubscriptionRequest("t", 1)]))
+    pub = connected(broker, "pub")
+    clock.advance(0.005)
+    store.settle()
+    sub.received()
+    pub.send(Publish("t", b"x", qos=1, packet_id=1))
+    clock.advance(0.002)
+    assert not store.pending  # still collecting
+    (delivered,) = publishes(sub)
+    sub.send(PubAck(delivered.packet_id))
+    assert not pub.received()
+    clock.advance(0.003)
+    assert not store.pending  # nothing left to write
+    assert [(type(p), p.packet_id) for p in pub.received()] == [(PubAck, 1)]
