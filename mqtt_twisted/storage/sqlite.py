@@ -11,6 +11,7 @@ the journal is a WAL, truncated after checkpoints.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import sqlite3
 from collections.abc import Callable
@@ -125,7 +126,12 @@ class SQLiteStore:
         self._trigger: Any = None
         self._closed = False
         version = self._check_path(recover)
-        self._conn = self._open(version, synchronous)
+        self._lock = self._lock_file()
+        try:
+            self._conn = self._open(version, synchronous)
+        except BaseException:
+            os.close(self._lock)
+            raise
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -150,6 +156,26 @@ class SQLiteStore:
                 ) from None
         self.moved_aside = _move_aside(path)
         return 0
+
+    def _lock_file(self) -> int:
+        """Hold an exclusive flock on the file while the store is open, so that a second
+        broker started on it stops at once instead of interleaving its writes with ours
+        (SQLite's own locks are per transaction). The kernel drops it when the process
+        ends, however it ends."""
+        path = self.path
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot open store {path}: {exc.strerror}{_WRITABLE}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(
+                f"store {path} is in use by another process (another broker on the same "
+                "file?): stop it, or give this one another --store"
+            ) from None
+        return fd
 
     def _open(self, version: int, synchronous: str) -> sqlite3.Connection:
         path = self.path
@@ -301,6 +327,8 @@ class SQLiteStore:
             ) from exc
         finally:
             self._conn.close()
+            with contextlib.suppress(OSError):
+                os.close(self._lock)
 
     def _stop_pool(self, result: object = None) -> object:
         if self._trigger is not None:

@@ -434,3 +434,18 @@ def test_a_store_from_a_newer_version_is_refused_and_left_untouched(tmp_path):
     assert result.returncode != 0
     assert "99" in output and "Traceback" not in output, output
     assert path.read_bytes() == before
+
+
+def test_a_second_broker_on_the_same_store_stops_in_one_line(tmp_path):
+    broker = Broker(tmp_path, "--sys-interval", "0").start()
+    try:
+        result = run_twistd(tmp_path)
+        output = result.stdout + result.stderr
+        assert result.returncode != 0
+        assert "in use by another process" in output and "Traceback" not in output, output
+        client = paho(broker.mqtt_port, "still-served")  # the first one is unharmed
+        client.publish("x", b"1", qos=1).wait_for_publish(5)
+        client.disconnect()
+        client.loop_stop()
+    finally:
+        broker.stop()

@@ -586,3 +586,23 @@ async def test_open_store(tmp_path, monkeypatch):
     for bad in ("sqlite:", "sqlite", "postgres://x", "Memory", ""):
         with pytest.raises(ValueError, match="memory"):
             open_store(bad, reactor, "full", "fail")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_store_in_use_is_refused_until_it_is_closed(tmp_path):
+    """Two brokers on one file would interleave their writes: the second is refused in one
+    line while the first holds it, and gets it once the first closed it."""
+    path = tmp_path / "s.sqlite"
+    first = SQLiteStore(path, reactor)
+    await first.commit(Batch(totals={"n": 1}))
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="in use by another process") as refused:
+        SQLiteStore(path, reactor)
+    assert "\n" not in str(refused.value)
+    assert path.read_bytes() == before
+    await first.close()
+    second = SQLiteStore(path, reactor)
+    try:
+        assert second.load().totals == {"n": 1}
+    finally:
+        await second.close()
