@@ -89,6 +89,22 @@ def _encode(packet, level):
     return encode(packet, level)
 
 
+def subscriber(store: ManualStore, broker: Broker, topic: str, away: bool) -> FakeClient:
+    """The persistent QoS 1 subscriber "sub" of ``topic``, every commit done; ``away``:
+    then disconnected (its messages are queued and stored)."""
+    clock = broker.clock
+    sub = persistent(broker, "sub")
+    sub.send(Subscribe(1, [SubscriptionRequest(topic, 1)]))
+    clock.advance(0)  # type: ignore[attr-defined]
+    store.settle()
+    sub.received()
+    if away:
+        sub.lose()
+        clock.advance(0)  # type: ignore[attr-defined]
+        store.settle()
+    return sub
+
+
 def publishes(client: FakeClient) -> list[Publish]:
     return [p for p in client.received() if isinstance(p, Publish)]
 
@@ -159,13 +175,7 @@ def test_acknowledgements_keep_their_order_when_the_first_waits_for_the_store():
     the first one had anything to commit."""
     store, clock = ManualStore(), Clock()
     broker = start(store, clock)
-    sub = persistent(broker, "sub")
-    sub.send(Subscribe(1, [SubscriptionRequest("kept", 1)]))
-    clock.advance(0)
-    store.settle()
-    sub.lose()
-    clock.advance(0)
-    store.settle()
+    subscriber(store, broker, "kept", away=True)
     pub = connected(broker, "pub")
     pub.send(Publish("kept", b"1", qos=1, packet_id=1))
     pub.send(Publish("nobody", b"2", qos=1, packet_id=2))
@@ -178,14 +188,7 @@ def test_acknowledgements_keep_their_order_when_the_first_waits_for_the_store():
 def test_a_failed_commit_is_retried_and_nothing_is_acknowledged_before_it_succeeds():
     store, clock = ManualStore(), Clock()
     broker = start(store, clock)
-    sub = persistent(broker, "sub")
-    sub.send(Subscribe(1, [SubscriptionRequest("t", 1)]))
-    clock.advance(0)
-    store.settle()
-    sub.received()
-    sub.lose()
-    clock.advance(0)
-    store.settle()
+    subscriber(store, broker, "t", away=True)
     store.failing = True
     pub = connected(broker, "pub")
     pub.send(Publish("t", b"x", qos=1, packet_id=1))
@@ -205,11 +208,7 @@ def test_messages_acknowledged_before_their_commit_never_reach_the_store():
     delivery is inserted and deleted in the same batch, so nothing is written."""
     store, clock = ManualStore(), Clock()
     broker = start(store, clock)
-    sub = persistent(broker, "sub")
-    sub.send(Subscribe(1, [SubscriptionRequest("t", 1)]))
-    clock.advance(0)
-    store.settle()
-    sub.received()
+    sub = subscriber(store, broker, "t", away=False)
     pub = connected(broker, "pub")
     pub.send(Publish("t", b"x", qos=1, packet_id=1))
     (delivered,) = publishes(sub)
