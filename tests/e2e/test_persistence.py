@@ -18,11 +18,13 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from mqtt_twisted.packets import Connect, Property, Will, encode
 
 from .browser import TWISTD, BrokerProcess, free_port
+from .certs import make_certificates
 from .mqttclient import _read_packet, ack_packet, connect_packet, publish_packet, subscribe_packet
 
 STORE = "mqtt-twisted.sqlite"  # the default --store, in the broker's working directory
@@ -447,5 +449,68 @@ def test_a_second_broker_on_the_same_store_stops_in_one_line(tmp_path):
         client.publish("x", b"1", qos=1).wait_for_publish(5)
         client.disconnect()
         client.loop_stop()
+    finally:
+        broker.stop()
+
+
+@pytest.mark.parametrize("transport", ["websocket", "tls"])
+def test_a_persistent_session_over_websocket_or_tls_survives_a_kill(tmp_path, transport):
+    """paho 5.0 over WebSocket (/mqtt) or TLS: a session with Session Expiry 3600 and a
+    QoS 2 subscription is away while 20 messages arrive; SIGKILL, restart; reconnecting
+    over the same transport it gets each of them once, in order."""
+    certs = make_certificates(tmp_path / "certs")
+    tls_port = free_port()
+    broker = Broker(
+        tmp_path,
+        "--sys-interval",
+        "0",
+        "--mqtt",
+        f"ssl:{tls_port}:interface=127.0.0.1:privateKey={certs.server_key}:"
+        f"certKey={certs.server_cert}",
+    ).start()
+
+    def subscriber() -> tuple[mqtt.Client, list[bytes], list[bool]]:
+        got: list[bytes] = []
+        present: list[bool] = []
+        kind = "websockets" if transport == "websocket" else "tcp"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id="far", protocol=mqtt.MQTTv5, transport=kind
+        )
+        if transport == "tls":
+            client.tls_set(ca_certs=str(certs.ca))
+        else:
+            client.ws_set_options(path="/mqtt")
+        client.on_message = lambda c, u, m: got.append(m.payload)
+        client.on_connect = lambda c, u, flags, rc, p: present.append(flags.session_present)
+        props = mqtt.Properties(mqtt.PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        port = broker.http_port if transport == "websocket" else tls_port
+        client.connect("127.0.0.1", port, clean_start=False, properties=props)
+        client.loop_start()
+        return client, got, present
+
+    try:
+        client, _, _ = subscriber()
+        client.subscribe("far/#", qos=2)
+        time.sleep(0.5)
+        client.disconnect()
+        client.loop_stop()
+        pub = paho(broker.mqtt_port, "far-pub")
+        infos = [pub.publish("far/x", str(n), qos=2) for n in range(20)]
+        for info in infos:
+            info.wait_for_publish(5)
+        pub.disconnect()
+        pub.loop_stop()
+        broker.kill()
+        broker.start()
+        client, got, present = subscriber()
+        deadline = time.monotonic() + 10
+        while len(got) < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        client.disconnect()
+        client.loop_stop()
+        assert present == [True]
+        assert got == [str(n).encode() for n in range(20)]
     finally:
         broker.stop()
