@@ -30,11 +30,13 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 from twisted.logger import Logger, formatEvent
 
+from mqtt_twisted.broker.journal import Journal
 from mqtt_twisted.broker.session import HARD_LIMIT_FACTOR
 from mqtt_twisted.inputgate import LINGER_SECONDS
 from mqtt_twisted.packets import (
@@ -76,6 +78,7 @@ from mqtt_twisted.packets.properties import (
     T_VARINT,
     WILL,
 )
+from mqtt_twisted.storage import MemoryStore
 from mqtt_twisted.topics import parse_shared_subscription, topic_matches
 
 from .harness import FakeClient, connected, make_broker
@@ -1094,22 +1097,68 @@ def broker_config(s: Source) -> dict[str, Any]:
     }
 
 
-def hostile_scenario(s: Source, steps: int) -> None:
+def check_store(broker: Any, store: MemoryStore) -> None:
+    """What the store holds once the journal committed is exactly the durable part of the
+    live broker: every persistent session with its subscriptions, its QoS 1/2 messages
+    (queued, or in flight with packet id and PUBREL state) and incoming QoS 2 ids; no row
+    of an ended session; no message nobody refers to; the retained messages."""
+    broker.journal._commit()  # the batch of this step (MemoryStore commits at once)
+    referenced = {d.message_id for d in store.deliveries.values()}
+    assert set(store.messages) == referenced, "orphan or missing message rows"
+    snap = store.load()
+    persistent = {cid: x for cid, x in broker.sessions.items() if x.journal is not None}
+    assert set(snap.sessions) == set(persistent)
+    for cid, session in persistent.items():
+        stored_subs = {
+            r.topic_filter: (r.qos, r.no_local, r.retain_as_published, r.retain_handling)
+            + (r.subscription_id,)
+            for r in snap.subscriptions.get(cid, [])
+        }
+        assert stored_subs == {f: attrs.astuple(o) for f, o in session.subscriptions.items()}
+        assert snap.inbound.get(cid, set()) == session.awaiting_pubrel, cid
+        live = {
+            item.seq: (item.message.payload, item.qos, None, False)
+            for item in session.queue
+            if item.qos
+        }
+        for packet_id, entry in session.inflight.items():
+            live[entry.seq] = (entry.message.payload, entry.qos, packet_id, entry.released)
+        assert 0 not in live, "a QoS 1/2 message of a persistent session not stored"
+        stored = {
+            d.seq: (snap.messages[d.message_id].payload, d.qos, d.packet_id, d.released)
+            for d in snap.deliveries.get(cid, [])
+        }
+        assert stored == live, cid
+    assert {r.topic for r in snap.retained} == {t for t, _ in broker.retained.match("#")}
+
+
+def hostile_scenario(s: Source, steps: int, persistent: bool = False) -> None:
     """A broker with a random configuration, ``steps`` random actions (each followed by
-    the bookkeeping checks), then: all closed or served, good clients served, nothing left."""
+    the bookkeeping checks), then: all closed or served, good clients served, nothing left.
+    ``persistent``: with a store, whose contents are checked against the broker too."""
     config = broker_config(s)
     s.note(f"config {config}")
     broker, clock = make_broker(**config)
+    store = MemoryStore()
+    if persistent:
+        broker.journal = Journal(store, clock)
     world = World(broker, clock)
+
+    def check() -> None:
+        world.check()
+        if persistent:
+            check_store(broker, store)
+
     with watched_logs() as problems:
         for _ in range(s.int(1, steps)):
             world.step(s)
-            world.check()
+            check()
         world.check_served()
-        world.check()
+        check()
         world.check_good_clients(s)
-        world.check()
+        check()
         world.check_nothing_left()
+        check()
     assert not problems, problems
 
 
@@ -1118,6 +1167,22 @@ def hostile_scenario(s: Source, steps: int) -> None:
 def test_broker_survives_hostile_connections(data: Any) -> None:
     """Shrinkable: a failure is reported as a short script of actions (see its notes)."""
     hostile_scenario(HypoSource(data), 30)
+
+
+@settings(FUZZ, max_examples=150)
+@given(st.data())
+def test_store_matches_the_broker_under_hostile_connections(data: Any) -> None:
+    """The same hostile scenarios with a store: after every step the store holds exactly
+    the broker's durable state (see check_store)."""
+    hostile_scenario(HypoSource(data), 30, persistent=True)
+
+
+def test_store_matches_the_broker_under_hostile_connections_seeded() -> None:
+    for seed in range(150):
+        try:
+            hostile_scenario(RandomSource(seed), 60, persistent=True)
+        except Exception as e:
+            raise AssertionError(f"seed {seed}: {e}") from e
 
 
 def test_broker_survives_hostile_connections_seeded() -> None:
