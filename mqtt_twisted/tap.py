@@ -113,9 +113,10 @@ class Options(usage.Options):
             "store-commit-window",
             None,
             0.001,
-            "Seconds a batch of changes collects before it is committed (0 = at the next "
-            "turn of the event loop): a message delivered and acknowledged within it is "
-            "never written; PUBACKs that wait for the store wait that much longer.",
+            "Seconds a batch holding a message in flight to a connected persistent session "
+            "collects before it is committed (others are committed on the next turn): "
+            "acknowledged within it, the message is never written; PUBACKs waiting for that "
+            "batch wait that much longer (0 = never wait).",
             _non_negative_float,
         ],
         [

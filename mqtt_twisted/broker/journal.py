@@ -76,10 +76,14 @@ class Journal:
 
     def __init__(self, backend: StoreBackend, clock: IReactorTime, window: float = 0.0) -> None:
         self.backend = backend
-        #: seconds a batch collects after its first change before it is committed: a
-        #: message acknowledged within it is never written (0: commit on the next turn)
+        #: seconds a batch collects after its first change before it is committed, when it
+        #: holds a message in flight to a connected client: acknowledged within the window,
+        #: it is never written. Other batches are committed on the next turn.
         self.window = window
         self._batch_started = 0.0
+        #: the batch holds a new delivery in flight to a connected client, which an
+        #: acknowledgement within the window cancels: only then does the batch wait
+        self._may_cancel = False
         #: incremented on every change: callers compare it to see whether they changed state
         self.changes = 0
         #: commits done, rows written (for $SYS and the log)
@@ -130,11 +134,21 @@ class Journal:
             if not self._batch_started:
                 self._batch_started = self._clock.seconds()
             if self._committing is None:
-                self._scheduled = self._clock.callLater(self.window, self._commit)
+                self._scheduled = self._clock.callLater(0, self._commit)
+
+    def _wait(self) -> float:
+        """Seconds the collecting batch should still wait before it is committed."""
+        if not self._may_cancel or self._closed:
+            return 0.0
+        return self._batch_started + self.window - self._clock.seconds()
 
     def _commit(self) -> None:
         self._scheduled = None
         if self._committing is not None:
+            return
+        wait = self._wait()
+        if wait > 0:
+            self._scheduled = self._clock.callLater(wait, self._commit)
             return
         batch = self._batch
         barrier = self._batch_barrier
@@ -146,6 +160,7 @@ class Journal:
         if barrier is None:
             barrier = Barrier()
         self._batch_started = 0.0
+        self._may_cancel = False
         self._batch = Batch()
         self._batch_barrier = None
         self._fresh_deliveries = set()
@@ -169,11 +184,8 @@ class Journal:
             log.info("store {store}: commits work again", store=self.backend.description)
         barrier.fire()
         if (self._batch or self._batch_barrier) and self._scheduled is None:
-            # collected while that commit ran: committed once its window is over (at once
-            # when the store is closing)
-            wait = 0.0
-            if not self._closed:
-                wait = self._batch_started + self.window - self._clock.seconds()
+            # collected while that commit ran: committed once its window is over
+            wait = self._wait()
             if wait > 0:
                 self._scheduled = self._clock.callLater(wait, self._commit)
             else:
@@ -302,8 +314,12 @@ class Journal:
         if new:
             message_id = self._reference(message)
             self._fresh_deliveries.add((client_id, seq))
+            if packet_id is not None:
+                self._may_cancel = True
         else:
             message_id = message.store_id
+            if packet_id is not None and (client_id, seq) in self._fresh_deliveries:
+                self._may_cancel = True  # queued and sent within this batch
         self._batch.deliveries[(client_id, seq)] = DeliveryRecord(
             client_id, seq, message_id, qos, retain, subscription_ids, packet_id, released
         )

@@ -468,3 +468,19 @@ def test_a_message_acknowledged_within_the_commit_window_is_never_written():
     clock.advance(0.003)
     assert not store.pending  # nothing left to write
     assert [(type(p), p.packet_id) for p in pub.received()] == [(PubAck, 1)]
+
+
+def test_a_batch_nothing_can_cancel_is_committed_without_waiting_for_the_window():
+    """Messages queued for a session that is away cannot be acknowledged before the
+    commit: their batch does not wait for --store-commit-window."""
+    store, clock = ManualStore(), Clock()
+    broker = Broker(clock, BrokerConfig(), journal=Journal(store, clock, window=0.005))
+    subscriber(store, broker, "t", away=True)
+    pub = connected(broker, "pub")
+    clock.advance(0)
+    store.settle()
+    pub.send(Publish("t", b"x", qos=1, packet_id=1))
+    clock.advance(0)
+    assert len(store.pending) == 1  # committing at once, not after 5 ms
+    store.settle()
+    assert [(type(p), p.packet_id) for p in pub.received()] == [(PubAck, 1)]
