@@ -484,3 +484,31 @@ def test_a_batch_nothing_can_cancel_is_committed_without_waiting_for_the_window(
     assert len(store.pending) == 1  # committing at once, not after 5 ms
     store.settle()
     assert [(type(p), p.packet_id) for p in pub.received()] == [(PubAck, 1)]
+
+
+def test_stopping_commits_what_is_left_and_gives_up_on_a_commit_that_hangs():
+    """At shutdown the store service commits the last batch and closes the store; a commit
+    that never finishes (a hung disk) does not keep the broker from stopping forever."""
+    from mqtt_twisted.storeservice import FINAL_COMMIT_SECONDS, StoreService
+
+    store, clock = ManualStore(), Clock()
+    service = StoreService(store, clock, opened_at=0.0)
+    broker = Broker(clock, BrokerConfig(), journal=service.journal)
+    service.load_into(broker)
+    persistent(broker, "sub").lose()  # a session to save at the end
+    stopped: list[object] = []
+    service.stopService().addBoth(stopped.append)
+    assert not stopped and len(store.pending) == 1
+    store.settle()
+    assert stopped == [None] and "sub" in store.sessions  # committed, then closed
+
+    store, clock = ManualStore(), Clock()
+    service = StoreService(store, clock, opened_at=0.0)
+    broker = Broker(clock, BrokerConfig(), journal=service.journal)
+    persistent(broker, "sub").lose()
+    stopped = []
+    service.stopService().addBoth(stopped.append)
+    clock.advance(FINAL_COMMIT_SECONDS - 1)
+    assert not stopped
+    clock.advance(1)
+    assert stopped == [None]
