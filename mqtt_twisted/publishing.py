@@ -145,7 +145,9 @@ class PublishFlow:
         if qos == 0:
             if routed:
                 self.broker.publish(
-                    Message(topic, packet.payload, 0, packet.retain, properties, expires_at),
+                    Message(
+                        topic, packet.payload, 0, packet.retain, properties, expires_at, packet.raw
+                    ),
                     session,
                 )
             return

@@ -269,6 +269,8 @@ class Parser:
                     props = {}
                     p += 1
             else:
+                if b0 == 0x30:  # 3.x, QoS 0, no retain, no DUP: forwarded byte for byte
+                    return Publish(topic, buf[p:end], 0, False, False, None, {}, buf[pos:end])
                 props = {}
             return Publish(topic, buf[p:end], (b0 >> 1) & 3, b0 & 1 == 1, b0 & 8 == 8, pid, props)
         except PacketError as e:

@@ -88,6 +88,9 @@ class Publish:
     dup: bool = False
     packet_id: int | None = None
     properties: Properties = attrs.Factory(dict)
+    #: the whole packet as received, when it is a 3.1/3.1.1 QoS 0 PUBLISH without retain
+    #: (forwarded as it is to 3.x subscribers: no encoding per message)
+    raw: bytes | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.define(slots=True, eq=True)

@@ -172,3 +172,32 @@ def test_shutdown_disconnects_clients_and_refuses_new_ones():
     late5.send(Connect("late5", 5))
     (connack,) = late5.received()
     assert connack.return_code == 0x88
+
+
+def test_a_3x_qos0_publish_is_forwarded_byte_for_byte_and_re_encoded_for_5_0():
+    """A 3.1.1 QoS 0 PUBLISH without retain reaches 3.1 / 3.1.1 subscribers at QoS 0 as
+    the very bytes it came in (no encoding per message); a 5.0 subscriber gets it encoded
+    for 5.0 (with its property length), and a retained copy carries RETAIN for later
+    subscribers [MQTT-3.3.1-8]."""
+    from mqtt_twisted.packets import encode
+
+    broker, _ = make_broker()
+    v3 = connected(broker, "v3", level=3)
+    v4 = connected(broker, "v4")
+    v5 = connected(broker, "v5", level=5)
+    for client in (v3, v4, v5):
+        client.send(Subscribe(1, [SubscriptionRequest("raw/#", 0)], {}))
+        client.received()
+    pub = connected(broker, "pub")
+    wire = encode(Publish("raw/t", b"\x00payload\xff"), 4)
+    pub.send_bytes(wire)
+    assert v3.transport.value() == wire
+    assert v4.transport.value() == wire
+    (got,) = v5.received()
+    assert (got.topic, got.payload, got.qos, got.retain) == ("raw/t", b"\x00payload\xff", 0, False)
+    assert got.properties == {}
+    pub.send(Publish("raw/kept", b"r", retain=True))
+    late = connected(broker, "late")
+    late.send(Subscribe(1, [SubscriptionRequest("raw/kept", 0)]))
+    _, retained = late.received()
+    assert retained.retain and retained.payload == b"r"
