@@ -156,7 +156,10 @@ class PublishFlow:
         changes = 0 if journal is None else journal.changes
         if qos == 1:
             matched = routed and self.broker.publish(
-                Message(topic, packet.payload, 1, packet.retain, properties, expires_at), session
+                Message(
+                    topic, packet.payload, 1, packet.retain, properties, expires_at, packet.raw
+                ),
+                session,
             )
             if journal is not None and journal.changes != changes:
                 self.await_commit()  # PUBACK once the message is kept
@@ -180,7 +183,10 @@ class PublishFlow:
                 )  # [MQTT-3.3.4-7]
             session.expect_pubrel(packet_id)
             matched = routed and self.broker.publish(
-                Message(topic, packet.payload, 2, packet.retain, properties, expires_at), session
+                Message(
+                    topic, packet.payload, 2, packet.retain, properties, expires_at, packet.raw
+                ),
+                session,
             )
             if not matched:
                 reason = ReasonCode.NO_MATCHING_SUBSCRIBERS if routed else ReasonCode.NOT_AUTHORIZED

@@ -31,9 +31,9 @@ class Message:
     properties: dict = attrs.field(factory=dict)
     #: clock time after which the message must not be delivered (MQTT 5 Message Expiry)
     expires_at: float | None = None
-    #: the PUBLISH as received from a 3.x client at QoS 0 without retain: what a 3.x
-    #: subscriber at QoS 0 gets, byte for byte (None: encoded when first needed)
-    raw: bytes | None = attrs.field(default=None, repr=False)
+    #: the PUBLISH as received from a 3.x client without retain or DUP, split around its
+    #: packet id: what a 3.x subscriber at the message's QoS gets (None: encoded)
+    raw: tuple[bytes, bytes] | None = attrs.field(default=None, repr=False)
     #: its id in the store while deliveries to persistent sessions refer to it (0: none)
     store_id: int = attrs.field(default=0, init=False, repr=False)
     _encoded: dict | None = attrs.field(default=None, init=False, repr=False)
@@ -56,10 +56,10 @@ class Message:
         """(head, tail) of this message as a PUBLISH; the packet id goes between them
         when qos > 0. For QoS 0 the whole packet is in ``head``."""
         v5 = protocol_level == 5
-        if not qos and not v5 and not retain:
+        if not v5 and not retain and not dup and qos == self.qos:
             raw = self.raw
             if raw is not None:
-                return raw, b""
+                return raw
         if v5 and (subscription_ids or alias or self.expires_at is not None):
             remaining = None
             if self.expires_at is not None:  # the remaining lifetime is sent [MQTT-3.3.2-6]

@@ -256,6 +256,17 @@ class Parser:
                 if not pid:
                     raise malformed("packet identifier 0")  # [MQTT-2.3.1-1]
                 p += 2
+                if level != 5 and (b0 == 0x32 or b0 == 0x34):  # 3.x, no retain, no DUP
+                    return Publish(
+                        topic,
+                        buf[p:end],
+                        (b0 >> 1) & 3,
+                        False,
+                        False,
+                        pid,
+                        {},
+                        (buf[pos : p - 2], buf[p:end]),
+                    )
             else:
                 pid = None
             if level == 5:
@@ -269,8 +280,10 @@ class Parser:
                     props = {}
                     p += 1
             else:
-                if b0 == 0x30:  # 3.x, QoS 0, no retain, no DUP: forwarded byte for byte
-                    return Publish(topic, buf[p:end], 0, False, False, None, {}, buf[pos:end])
+                if b0 == 0x30:  # 3.x, QoS 0, no retain: forwarded byte for byte
+                    return Publish(
+                        topic, buf[p:end], 0, False, False, None, {}, (buf[pos:end], b"")
+                    )
                 props = {}
             return Publish(topic, buf[p:end], (b0 >> 1) & 3, b0 & 1 == 1, b0 & 8 == 8, pid, props)
         except PacketError as e:

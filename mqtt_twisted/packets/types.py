@@ -88,9 +88,10 @@ class Publish:
     dup: bool = False
     packet_id: int | None = None
     properties: Properties = attrs.Factory(dict)
-    #: the whole packet as received, when it is a 3.1/3.1.1 QoS 0 PUBLISH without retain
-    #: (forwarded as it is to 3.x subscribers: no encoding per message)
-    raw: bytes | None = attrs.field(default=None, eq=False, repr=False)
+    #: a 3.1/3.1.1 PUBLISH without retain or DUP as received, split around its packet id
+    #: (QoS 0: the whole packet and b""): what a 3.x subscriber at the same QoS gets, so
+    #: it is forwarded without encoding
+    raw: tuple[bytes, bytes] | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.define(slots=True, eq=True)

@@ -138,7 +138,8 @@ def test_fan_out_encodes_once_per_variant(monkeypatch):
         subscribe(reader, "fan/out", qos=i % 2)
     publisher = connected(broker, "pub")
     publisher.send(Publish("fan/out", b"payload", qos=1, packet_id=1))
-    assert sorted(calls) == [(0, False), (1, False)]
+    # the QoS 0 variant is encoded once; the QoS 1 one is the PUBLISH as it came in
+    assert sorted(calls) == [(0, False)]
     for reader in readers:
         (packet,) = reader.received()
         assert packet.payload == b"payload"
@@ -201,3 +202,34 @@ def test_a_3x_qos0_publish_is_forwarded_byte_for_byte_and_re_encoded_for_5_0():
     late.send(Subscribe(1, [SubscriptionRequest("raw/kept", 0)]))
     _, retained = late.received()
     assert retained.retain and retained.payload == b"r"
+
+
+def test_a_3x_qos1_publish_is_forwarded_as_received_with_the_brokers_packet_id():
+    """The same for QoS 1 to a QoS 1 subscriber: the bytes around the packet id are the
+    publisher's, the packet id is the broker's own for that subscriber [MQTT-2.3.1-2]; a
+    resend after reconnecting carries DUP [MQTT-3.3.1-1] (encoded, not the raw bytes)."""
+    from mqtt_twisted.packets import encode
+
+    broker, _ = make_broker()
+    sub = connected(broker, "sub", clean_start=False)
+    sub.send(Subscribe(1, [SubscriptionRequest("raw/#", 1)]))
+    sub.received()
+    pub = connected(broker, "pub")
+    wire = encode(Publish("raw/q1", b"one", qos=1, packet_id=0x4242), 4)
+    pub.send_bytes(wire)
+    out = sub.transport.value()
+    packet_id = int.from_bytes(out[-5:-3], "big")
+    assert out[:-5] == wire[:-5] and out[-3:] == wire[-3:]
+    (got,) = sub.received()
+    assert (got.topic, got.payload, got.qos, got.dup, got.packet_id) == (
+        "raw/q1",
+        b"one",
+        1,
+        False,
+        packet_id,
+    )
+    sub.lose()
+    again = FakeClient(broker)
+    again.send(Connect("sub", 4, "MQTT", clean_start=False))
+    _, resent = again.received()
+    assert (resent.payload, resent.dup, resent.packet_id) == (b"one", True, packet_id)
