@@ -77,12 +77,14 @@ class PublishFlow:
         """Write one pre-encoded PUBLISH (see :meth:`Message.parts`)."""
         stats = self._stats
         stats.messages_sent += 1
-        if packet_id is None:
-            stats.bytes_sent += len(head)
-            if self._held is None:
-                self.transport.write(head)
+        if packet_id is None:  # QoS 0: head + tail (tail empty unless forwarded as received)
+            stats.bytes_sent += len(head) + len(tail)
+            if self._held is not None:
+                self._hold_output(head + tail if tail else head)
+            elif tail:
+                self.transport.writeSequence((head, tail))
             else:
-                self._hold_output(head)
+                self.transport.write(head)
         else:
             stats.bytes_sent += len(head) + 2 + len(tail)
             if self._held is None:

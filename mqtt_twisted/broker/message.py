@@ -54,7 +54,7 @@ class Message:
         dup: bool = False,
     ) -> tuple[bytes, bytes]:
         """(head, tail) of this message as a PUBLISH; the packet id goes between them
-        when qos > 0. For QoS 0 the whole packet is in ``head``."""
+        when qos > 0. For QoS 0 the packet is head + tail (tail often empty)."""
         v5 = protocol_level == 5
         if not v5 and not retain and not dup and qos == self.qos:
             raw = self.raw

@@ -162,7 +162,7 @@ class Session:
         if parts is None:
             self._drop_oversized()
             return
-        conn.write_publish(parts[0], None, b"")
+        conn.write_publish(parts[0], None, parts[1])
         stats = self._stats
         stats.publish_sent += 1
         stats.publish_bytes_sent += len(message.payload)

@@ -257,15 +257,16 @@ class Parser:
                     raise malformed("packet identifier 0")  # [MQTT-2.3.1-1]
                 p += 2
                 if level != 5 and (b0 == 0x32 or b0 == 0x34):  # 3.x, no retain, no DUP
+                    payload = buf[p:end]  # one copy, shared by the packet and its raw form
                     return Publish(
                         topic,
-                        buf[p:end],
+                        payload,
                         (b0 >> 1) & 3,
                         False,
                         False,
                         pid,
                         {},
-                        (buf[pos : p - 2], buf[p:end]),
+                        (buf[pos : p - 2], payload),
                     )
             else:
                 pid = None
@@ -281,9 +282,8 @@ class Parser:
                     p += 1
             else:
                 if b0 == 0x30:  # 3.x, QoS 0, no retain: forwarded byte for byte
-                    return Publish(
-                        topic, buf[p:end], 0, False, False, None, {}, (buf[pos:end], b"")
-                    )
+                    payload = buf[p:end]
+                    return Publish(topic, payload, 0, False, False, None, {}, (buf[pos:p], payload))
                 props = {}
             return Publish(topic, buf[p:end], (b0 >> 1) & 3, b0 & 1 == 1, b0 & 8 == 8, pid, props)
         except PacketError as e:

@@ -88,9 +88,9 @@ class Publish:
     dup: bool = False
     packet_id: int | None = None
     properties: Properties = attrs.Factory(dict)
-    #: a 3.1/3.1.1 PUBLISH without retain or DUP as received, split around its packet id
-    #: (QoS 0: the whole packet and b""): what a 3.x subscriber at the same QoS gets, so
-    #: it is forwarded without encoding
+    #: a 3.1/3.1.1 PUBLISH without retain or DUP as received: the bytes before its packet
+    #: id (QoS 0: before the payload) and the payload (the same object as ``payload``).
+    #: A 3.x subscriber at the same QoS gets them as they are: no encoding
     raw: tuple[bytes, bytes] | None = attrs.field(default=None, eq=False, repr=False)
 
 
