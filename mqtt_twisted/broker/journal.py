@@ -121,11 +121,6 @@ class Journal:
         """The last commit failed (it is being retried)."""
         return self._failing
 
-    @property
-    def idle(self) -> bool:
-        """Nothing recorded is waiting to be committed."""
-        return not self._batch and self._committing is None
-
     # -- committing ----------------------------------------------------------------------
 
     def _changed(self) -> None:
