@@ -157,7 +157,23 @@ class Handshake:
             )
             return
         self.identity = identity
-        protocol.accept(self, result.data)
+        claim = protocol.broker.claim(identity.client_id, will)
+        if claim is None:
+            protocol.accept(self, result.data)
+            return
+        # In a cluster the client id is taken from whichever node holds it first.
+        self._waiting = True
+        protocol.hold_input(self)
+        claim.addCallbacks(self._claimed, self._failed, (result.data,))
+
+    def _claimed(self, epoch: int, auth_data: bytes | None) -> None:
+        if not self._answer_arrived():
+            return
+        protocol = self.protocol
+        protocol.accept(self, auth_data)
+        cluster = protocol.broker.cluster
+        assert cluster is not None and self.terms is not None
+        cluster.claimed(self.terms.client_id, epoch)
 
     def _failed(self, failure: Failure) -> None:
         if not self._answer_arrived():

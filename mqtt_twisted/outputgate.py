@@ -122,7 +122,12 @@ class OutputFlow:
         if journal is None or self._ended:
             return
         barrier = journal.barrier()
-        if barrier is None:
+        if barrier is not None:
+            self.await_barrier(barrier)
+
+    def await_barrier(self, barrier: Barrier) -> None:
+        """What is written from now on waits until ``barrier`` fired."""
+        if self._ended:
             return
         held = self._held
         if held is None:

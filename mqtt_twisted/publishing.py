@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from mqtt_twisted.broker import Broker, BrokerStats, Session
     from mqtt_twisted.broker.aliases import InboundAliases, OutboundAliases
     from mqtt_twisted.broker.hooks import ClientIdentity, Hooks
+    from mqtt_twisted.broker.journal import Barrier
 
 TOPIC_ALIAS = Property.TOPIC_ALIAS
 NOT_FOUND = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND
@@ -45,6 +46,9 @@ class PublishFlow:
         raise NotImplementedError
 
     def await_commit(self) -> None:
+        raise NotImplementedError
+
+    def await_barrier(self, barrier: Barrier) -> None:
         raise NotImplementedError
 
     def encode_publish(
@@ -165,6 +169,8 @@ class PublishFlow:
             )
             if journal is not None and journal.changes != changes:
                 self.await_commit()  # PUBACK once the message is kept
+            if self.broker.cluster is not None:
+                self._await_cluster()  # PUBACK once the other nodes have it
             if matched or self.protocol_level != MQTT_5:
                 self._write(b"\x40\x02" + packet_id.to_bytes(2, "big"))  # PUBACK
             else:
@@ -196,7 +202,16 @@ class PublishFlow:
                     session.pubrel(packet_id)  # refused: the id is free again [MQTT-4.3.3-9]
         if journal is not None and (journal.changes != changes or session.journal is not None):
             self.await_commit()  # PUBREC once the message and its id are kept (also resent)
+        if self.broker.cluster is not None:
+            self._await_cluster()
         self._ack(0x50, packet_id, reason)  # PUBREC
+
+    def _await_cluster(self) -> None:
+        cluster = self.broker.cluster
+        assert cluster is not None
+        barrier = cluster.barrier()
+        if barrier is not None:
+            self.await_barrier(barrier)
 
     def _payload_too_large(self, packet, limit: int) -> None:
         """--message-size-limit: not accepted; 3.x acknowledged (and dropped), 5.0 refused

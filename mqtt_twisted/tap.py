@@ -20,6 +20,7 @@ from mqtt_twisted.acl import Acl, AclFileError, load_acl_file
 from mqtt_twisted.auth import Security
 from mqtt_twisted.broker import Broker, BrokerConfig
 from mqtt_twisted.broker.systopics import SysTopics
+from mqtt_twisted.cluster.service import CLUSTER_OPTIONS, cluster_service
 from mqtt_twisted.exposure import exposure_error
 from mqtt_twisted.logs import JSONLineObserver
 from mqtt_twisted.passwords import PasswordFileChecker, PasswordFileError
@@ -281,6 +282,7 @@ class Options(usage.Options):
             "off by default).",
             parse_duration,
         ],
+        *CLUSTER_OPTIONS,
     ]
 
     optFlags = [
@@ -568,6 +570,9 @@ def makeService(options: Options, reactor=None) -> MultiService:
     if store is not None:
         store.load_into(broker)  # before any listener opens
         store.setServiceParent(service)  # first in, stops last: after every client is closed
+    cluster = cluster_service(options, broker, reactor)
+    if cluster is not None:
+        cluster.setServiceParent(service)  # leaves the cluster once every client is closed
     if options["log-format"] == "json":
         service.log_observer = JSONLineObserver(sys.stdout)
     for description in options["mqtt"]:

@@ -6,9 +6,11 @@ from collections.abc import Callable, Sequence
 from time import perf_counter
 
 import attrs
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from mqtt_twisted.broker.clusterlink import ClusterLink
 from mqtt_twisted.broker.config import BrokerConfig
 from mqtt_twisted.broker.entries import Handover, SessionConnection, SubscriptionOptions
 from mqtt_twisted.broker.hooks import ClientIdentity, Hooks
@@ -70,6 +72,37 @@ class Broker:
         self.started = clock.seconds()
         #: called with the seconds one sampled PUBLISH took to route (set by /metrics)
         self.publish_timer: Callable[[float], None] | None = None
+        #: the other nodes when running as a cluster (None: this process is the broker)
+        self.cluster: ClusterLink | None = None
+
+    # -- the cluster ------------------------------------------------------------------
+
+    def claim(self, client_id: str, will: Will | None) -> Deferred[int] | None:
+        """In a cluster: take ``client_id`` from whichever node has it (None: no cluster)."""
+        cluster = self.cluster
+        if cluster is None:
+            return None
+        return cluster.claim(client_id, None if will is None else self.will_message(will))
+
+    def deliver_forwarded(self, message: Message, plain: bool, groups: Sequence[str]) -> None:
+        """A message another node routed here: to the local subscriptions it matches
+        (``plain``) and to one member of each of ``groups`` (``$share/NAME/FILTER``)."""
+        self.stats.cluster_received += 1
+        if plain:
+            matches = self.subscriptions.match(message.topic)
+            if matches:
+                self._deliver_merged(message, matches, None)
+        for share_filter in groups:
+            group = self.shared.group(share_filter)
+            if group is None or not self._deliver_shared(group, message):
+                self.stats.publish_dropped += 1
+
+    def apply_retained(self, topic: str, message: Message | None) -> None:
+        """The cluster's retained message on ``topic`` is now ``message`` (None: none)."""
+        if message is None:
+            self.retained.discard(topic)
+        else:
+            self.retained.set(topic, message)
 
     # -- sessions -------------------------------------------------------------------
 
@@ -147,14 +180,30 @@ class Broker:
     def shutdown(self) -> None:
         """Refuse new connections and close every open one (no wills: the client did not fail)."""
         self.accepting = False
+        self.drop_clients()
+
+    def drop_clients(self) -> None:
+        """Close every open connection as ``shutdown`` does, but go on accepting."""
         for session in list(self.sessions.values()):
             if session.connection is not None:
                 session.connection.shut_down()
+
+    def moved(self, client_id: str) -> None:
+        """Another node of the cluster took ``client_id``: its connection here is taken
+        over [MQTT-3.1.4-3] and its session here ends."""
+        session = self.sessions.get(client_id)
+        if session is not None and session.connection is not None:
+            session.connection.take_over()  # ends in session_closed(), synchronously
+        session = self.sessions.get(client_id)
+        if session is not None:
+            self._discard(session)
 
     def session_closed(self, session: Session, conn: SessionConnection, will: Will | None) -> None:
         """``conn`` ended; publish ``will`` (now or after its delay), keep or drop the session."""
         handover: list[Handover] = []
         if session.connection is conn:
+            if self.cluster is not None:
+                self.cluster.disconnected(session.client_id)
             self.connected -= 1
             handover = session.detach()
             expiry = session.expiry_interval
@@ -212,13 +261,18 @@ class Broker:
 
     def _discard(self, session: Session) -> None:
         """End a session: subscriptions go, a delayed will is published now."""
+        cluster = self.cluster
         for topic_filter in session.subscriptions:
             if topic_filter.startswith(SHARE_PREFIX):
                 self.shared.remove(topic_filter, session)
             else:
                 self.subscriptions.remove(topic_filter, session)
+            if cluster is not None:
+                cluster.unsubscribed(topic_filter)
         session.subscriptions.clear()
         session.clear()
+        if self.cluster is not None:
+            self.cluster.session_ended(session.client_id)
         if session.journal is not None:
             session.journal.purge(session.client_id)
             session.journal = None
@@ -272,6 +326,8 @@ class Broker:
                     journal.save_retained(message)
             elif self.retained.discard(message.topic) and journal is not None:
                 journal.remove_retained(message.topic)  # [MQTT-3.3.1-10], [MQTT-3.3.1-11]
+            if self.cluster is not None and not message.topic.startswith("$SYS"):
+                self.cluster.retain(message)
         matched = False
         topic = message.topic
         matches = self.subscriptions.match(topic)
@@ -301,6 +357,9 @@ class Broker:
             for groups in self.shared.match(message.topic):
                 for group in groups:
                     matched = self._deliver_shared(group, message, origin) or matched
+        cluster = self.cluster
+        if cluster is not None:
+            matched = cluster.forward(message) or matched
         return matched
 
     def _deliver_merged(self, message: Message, matches: list, origin: Session | None) -> None:
@@ -399,6 +458,8 @@ class Broker:
                 request.retain_handling,
                 subscription_id,
             )
+            if self.cluster is not None and topic_filter not in session.subscriptions:
+                self.cluster.subscribed(topic_filter)
             session.subscriptions[topic_filter] = opts  # replaces an existing one [MQTT-3.8.4-3]
             if session.journal is not None:
                 session.journal.save_subscription(
@@ -452,6 +513,8 @@ class Broker:
                     self.shared.remove(topic_filter, session)
                 else:
                     self.subscriptions.remove(topic_filter, session)
+                if self.cluster is not None:
+                    self.cluster.unsubscribed(topic_filter)
                 codes.append(0)
             else:
                 codes.append(UNSUBACK_NO_SUBSCRIPTION)

@@ -89,5 +89,9 @@ class SharedSubscriptions:
             del self.groups[(name, topic_filter)]
             self.tree.remove(topic_filter, group)
 
+    def group(self, share_filter: str) -> SharedGroup | None:
+        """The group of ``$share/NAME/FILTER`` if it has members here."""
+        return self.groups.get(_split(share_filter))
+
     def match(self, topic: str) -> list[dict[SharedGroup, SharedGroup]]:
         return self.tree.match(topic)

@@ -31,6 +31,9 @@ class BrokerStats:
     publish_too_large: int = 0
     subscriptions_refused: int = 0
     clients_expired: int = 0
+    #: cluster: messages sent to other nodes (one per node) and received from them
+    cluster_forwarded: int = 0
+    cluster_received: int = 0
     clients_maximum: int = 0
     #: messages held for clients (queued or in flight) and their payload bytes, kept up to
     #: date on every enqueue and dequeue

@@ -1,0 +1,1 @@
+"""Several broker processes as one, on Redis."""

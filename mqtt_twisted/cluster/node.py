@@ -1,0 +1,514 @@
+"""One broker process as a node of a cluster on Redis: the broker core's :class:`ClusterLink`.
+
+Two connections to Redis: commands (scripts, in the order the node issues them, so one
+publisher's messages keep their order) and a subscriber (the cluster channel and this
+node's own). Messages go to the nodes whose subscriptions match, on their channel;
+acknowledgements of QoS 1/2 messages wait until Redis took them. Losing Redis (or
+finding that the others declared this node dead) drops every client, refuses CONNECT and
+reconnects; the node then reads all shared state afresh.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mqtt_twisted.broker import Broker
+from mqtt_twisted.broker.hooks import Refused
+from mqtt_twisted.broker.journal import Barrier
+from mqtt_twisted.broker.message import Message
+from mqtt_twisted.cluster import scripts
+from mqtt_twisted.cluster.redis import (
+    RedisAddress,
+    RedisConnectionLost,
+    RedisProtocol,
+    RedisSubscriber,
+    connect,
+    connect_subscriber,
+)
+from mqtt_twisted.cluster.replica import Replica
+from mqtt_twisted.cluster.scripts import Keys
+from mqtt_twisted.cluster.wire import (
+    FORWARD,
+    KICK,
+    RETAINED,
+    SEP,
+    pack_message,
+    unpack_forward,
+    unpack_kick,
+    unpack_message,
+    unpack_retained_event,
+    unpack_route_event,
+)
+from mqtt_twisted.packets import ConnackCode, ReasonCode
+
+log = Logger()
+
+#: seconds between attempts to reach Redis again, doubling up to the second figure
+RETRY_FIRST, RETRY_MAX = 0.5, 5.0
+_FAILED = object()
+
+
+def default_node_id() -> str:
+    """Host name and process id: unique on a machine and across machines."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _quiet(failure: Failure) -> object:
+    """A command's failure: a lost connection is handled once, elsewhere."""
+    if not failure.check(RedisConnectionLost):
+        log.failure("cluster command failed", failure)
+    return _FAILED
+
+
+def _timer_failed(failure: Failure) -> None:
+    log.failure("cluster timer failed", failure)
+
+
+def _fire(result: object, barrier: Barrier) -> None:
+    if result is not _FAILED:
+        barrier.fire()
+
+
+class ClusterNode:
+    """This process's place in the cluster; see the module docstring."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        broker: Broker,
+        address: RedisAddress,
+        node_id: str,
+        lease: float = 10.0,
+        prefix: str = "mq:",
+    ) -> None:
+        self.reactor = reactor
+        self.broker = broker
+        self.address = address
+        self.node_id = node_id
+        self.lease = lease
+        self.keys = Keys(prefix)
+        #: True while both connections are up and shared state has been read
+        self.ready = False
+        #: live nodes, this one included, as the last lease check saw them
+        self.nodes: list[str] = [node_id]
+        self.replica = Replica(node_id, self._fetch_routes, self._fetch_retained, self._retained)
+        self._redis: RedisProtocol | None = None
+        self._subscriber: RedisSubscriber | None = None
+        self._shas: dict[str, bytes] = {}
+        self._channels: dict[str, bytes] = {}
+        self._own_channel = self.keys.channel(node_id).encode()
+        #: local subscriptions per filter (routes are announced on the first and last)
+        self._counts: dict[str, int] = {}
+        #: claim number of each client id held here, claims on their way, later kicks
+        self._epochs: dict[str, int] = {}
+        self._claiming: dict[str, int] = {}
+        self._kicked: dict[str, int] = {}
+        self._last: Deferred[Any] | None = None
+        self._loops: list[task.LoopingCall] = []
+        self._renewed_at = 0.0
+        self._retry = RETRY_FIRST
+        self._retry_call: Any = None
+        self._stopping = False
+        self._generation = 0
+        self._startup: list[Deferred[Any]] | None = None
+
+    # -- ClusterLink: what the broker core calls -----------------------------------------
+
+    def forward(self, message: Message) -> bool:
+        topic = message.topic
+        if topic[:4] == "$SYS":
+            return False  # each node's own figures
+        routes = self.replica.routes
+        nodes = routes.nodes_for(topic)
+        groups: dict[str, list[str]] = {}
+        for group in routes.groups_for(topic):
+            if self.broker.shared.group(group.share_filter) is None:  # none here: remote
+                groups.setdefault(group.pick(), []).append(group.share_filter)
+        if not nodes and not groups:
+            return False
+        redis = self._redis
+        if redis is None or not self.ready:
+            return True  # never acknowledged: the connection is being dropped
+        packed = pack_message(message)
+        channels = self._channels
+        for node in nodes | groups.keys():
+            names = SEP.join(g.encode() for g in groups.get(node, ()))
+            data = b"".join(
+                (FORWARD, b"P" if node in nodes else b"-", len(names).to_bytes(4, "big"), names)
+            )
+            channel = channels.get(node)
+            if channel is None:
+                channel = channels[node] = self.keys.channel(node).encode()
+            self._last = redis.execute(b"PUBLISH", channel, data + packed).addErrback(_quiet)
+        self.broker.stats.cluster_forwarded += len(nodes | groups.keys())
+        return True
+
+    def barrier(self) -> Barrier | None:
+        last = self._last
+        if last is None:
+            return None
+        self._last = None
+        barrier = Barrier()
+        last.addCallback(_fire, barrier)
+        return barrier
+
+    def subscribed(self, topic_filter: str) -> None:
+        count = self._counts.get(topic_filter, 0) + 1
+        self._counts[topic_filter] = count
+        if count == 1:
+            self._announce(b"S", topic_filter)
+
+    def unsubscribed(self, topic_filter: str) -> None:
+        count = self._counts.get(topic_filter, 0) - 1
+        if count > 0:
+            self._counts[topic_filter] = count
+            return
+        self._counts.pop(topic_filter, None)
+        self._announce(b"U", topic_filter)
+
+    def _announce(self, kind: bytes, topic_filter: str) -> None:
+        if self.ready:
+            routes = self.keys.routes(self.node_id)
+            self._script("route", (routes, self.keys.all), (kind, self.node_id, topic_filter))
+
+    def retain(self, message: Message) -> None:
+        if self.ready:
+            value = pack_message(message) if message.payload else b""
+            keys = (self.keys.retained, self.keys.retained_seq, self.keys.all)
+            self._script("retain", keys, (message.topic, value))
+
+    def claim(self, client_id: str, will: Message | None) -> Deferred[int]:
+        if not self.ready:
+            return defer.fail(_unavailable())
+        self._claiming[client_id] = self._claiming.get(client_id, 0) + 1
+        claiming = self._script(
+            "claim",
+            (self.keys.client(client_id), self.keys.wills(self.node_id)),
+            (
+                self.node_id,
+                client_id,
+                b"" if will is None else pack_message(will),
+                self.keys.node_channels,
+            ),
+        )
+
+        def checked(result: object) -> int:
+            if result is _FAILED:
+                self._claim_done(client_id)
+                raise _unavailable()
+            return int(result)  # type: ignore[call-overload]
+
+        return claiming.addCallback(checked)
+
+    def _claim_done(self, client_id: str) -> int:
+        """A claim of ``client_id`` came back: the newest kick while any was on its way."""
+        left = self._claiming.get(client_id, 0) - 1
+        if left > 0:
+            self._claiming[client_id] = left
+            return self._kicked.get(client_id, 0)
+        self._claiming.pop(client_id, None)
+        return self._kicked.pop(client_id, 0)
+
+    def claimed(self, client_id: str, epoch: int) -> None:
+        kicked = self._claim_done(client_id)
+        if client_id in self.broker.sessions:
+            if epoch > self._epochs.get(client_id, 0):
+                self._epochs[client_id] = epoch
+            if kicked > epoch:  # another node claimed it while this claim was on its way
+                self.broker.moved(client_id)
+        else:  # the client went away before its CONNACK
+            self._release(client_id, epoch)
+
+    def disconnected(self, client_id: str) -> None:
+        epoch = self._epochs.get(client_id)
+        if epoch is not None and self.ready:
+            wills = self.keys.wills(self.node_id)
+            self._script("drop_will", (wills,), (client_id, epoch))
+
+    def session_ended(self, client_id: str) -> None:
+        epoch = self._epochs.pop(client_id, None)
+        if epoch is not None:
+            self._release(client_id, epoch)
+
+    def _release(self, client_id: str, epoch: int) -> None:
+        if self.ready:
+            self._script("release", (self.keys.client(client_id),), (self.node_id, epoch))
+
+    # -- messages from the other nodes ------------------------------------------------------
+
+    def _on_message(self, channel: bytes, data: bytes) -> None:
+        kind = data[:1]
+        if kind == FORWARD:
+            forward = unpack_forward(data)
+            self.broker.deliver_forwarded(forward.message, forward.plain, forward.groups)
+        elif kind == RETAINED:
+            self.replica.retained_event(unpack_retained_event(data))
+        elif kind == KICK:
+            self._kick(*unpack_kick(data))
+        else:
+            self.replica.route_event(unpack_route_event(data))
+
+    def _kick(self, client_id: str, epoch: int) -> None:
+        if self._claiming.get(client_id):
+            self._kicked[client_id] = max(self._kicked.get(client_id, 0), epoch)
+        if self._epochs.get(client_id, 0) < epoch and client_id in self.broker.sessions:
+            self._epochs.pop(client_id, None)
+            self.broker.moved(client_id)
+
+    def _retained(self, topic: str, message: Message | None) -> None:
+        self.broker.apply_retained(topic, message)
+
+    # -- reading shared state -----------------------------------------------------------------
+
+    def _fetch_routes(self, node: str) -> None:
+        assert self._redis is not None
+        reading = self._redis.execute(b"HGETALL", self.keys.routes(node)).addErrback(_quiet)
+
+        def arrived(reply: object) -> None:
+            if reply is not _FAILED:
+                assert isinstance(reply, list)
+                fields = dict(zip(reply[::2], reply[1::2]))
+                self.replica.routes_snapshot(node, fields)
+
+        self._track(reading.addCallback(arrived))
+
+    def _fetch_retained(self) -> None:
+        keys = (self.keys.retained, self.keys.retained_seq)
+        reading = self._script("retained_snapshot", keys, ())
+
+        def arrived(reply: object) -> None:
+            if reply is _FAILED:
+                return
+            assert isinstance(reply, list)
+            seq, flat = reply
+            messages = {
+                topic.decode(): unpack_message(value) for topic, value in zip(flat[::2], flat[1::2])
+            }
+            present = {topic for topic, _ in self.broker.retained.match("#")}
+            self.replica.retained_snapshot(int(seq), messages, present)
+
+        self._track(reading.addCallback(arrived))
+
+    def _track(self, reading: Deferred[Any]) -> None:
+        if self._startup is not None:
+            self._startup.append(reading)
+
+    def _script(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Deferred[Any]:
+        """Run a script; its failure is ``_FAILED`` (a lost connection is handled once, in
+        ``_lose``). Acknowledgements asked for from now on wait for it (``barrier``)."""
+        redis = self._redis
+        if redis is None:
+            return defer.succeed(_FAILED)
+        self._last = self._call(redis, name, keys, args).addErrback(_quiet)
+        return self._last
+
+    def _call(
+        self, redis: RedisProtocol, name: str, keys: Sequence[Any], args: Sequence[Any]
+    ) -> Deferred[Any]:
+        return redis.execute(b"EVALSHA", self._shas[name], len(keys), *keys, *args)
+
+    # -- joining, leases, losing Redis ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect to Redis and join the cluster (CONNECT is refused until then)."""
+        log.info(
+            "cluster node {node} joining through {redis}",
+            node=self.node_id,
+            redis=self.address.display,
+        )
+        self._join()
+
+    def _join(self) -> None:
+        self._retry_call = None
+        generation = self._generation
+        d = Deferred.fromCoroutine(self._connect_and_read())
+
+        def failed(failure: Failure) -> None:
+            if generation != self._generation or self._stopping:
+                return
+            log.error(
+                "cluster node {node}: cannot join through {redis}: {why}; retrying in {delay} s",
+                node=self.node_id,
+                redis=self.address.display,
+                why=failure.getErrorMessage(),
+                delay=self._retry,
+            )
+            self._drop_connections()
+            self._retry_later()
+
+        d.addErrback(failed)
+
+    async def _connect_and_read(self) -> None:
+        generation = self._generation
+        redis = await connect(self.reactor, self.address)
+        self._redis = redis
+        subscriber = await connect_subscriber(self.reactor, self.address, self._on_message)
+        self._subscriber = subscriber
+        redis.notify_lost().addCallback(self._lost, generation)
+        subscriber.notify_lost().addCallback(self._lost, generation)
+        loads = [redis.execute(b"SCRIPT", b"LOAD", source) for source in scripts.ALL.values()]
+        for name, loading in zip(scripts.ALL, loads):
+            self._shas[name] = await loading
+        await subscriber.subscribe(self.keys.all, self._own_channel)
+        keys = self.keys
+        lease = (keys.lease(self.node_id), keys.nodes)
+        await self._call(redis, "heartbeat", lease, self._lease_args())
+        self._renewed_at = self.reactor.seconds()
+        left = await self._call(redis, "reap", (keys.nodes,), (keys.prefix, self.node_id, "1"))
+        self._counts = {}
+        for session in self.broker.sessions.values():
+            for topic_filter in session.subscriptions:
+                self._counts[topic_filter] = self._counts.get(topic_filter, 0) + 1
+        routes = (keys.routes(self.node_id), keys.all)
+        await self._call(redis, "rewrite", routes, (self.node_id, *self._counts))
+        self._startup = []
+        self.replica.reset()
+        self._members(await redis.execute(b"SMEMBERS", keys.nodes))
+        for node in self.nodes:
+            self.replica.refresh_node(node)
+        self.replica.refresh_retained()
+        reads, self._startup = self._startup, None
+        await defer.gatherResults(reads)
+        if generation != self._generation:
+            return
+        self.ready = True
+        self._retry = RETRY_FIRST
+        log.info(
+            "cluster node {node} joined: {nodes} nodes, {routes} remote routes",
+            node=self.node_id,
+            nodes=len(self.nodes),
+            routes=len(self.replica.routes),
+        )
+        self._publish_wills(left)
+        for call, interval in ((self._heartbeat, self.lease / 4), (self._reap, self.lease / 2)):
+            loop = task.LoopingCall(call)
+            loop.clock = self.reactor
+            loop.start(interval, now=False).addErrback(_timer_failed)
+            self._loops.append(loop)
+
+    def _lease_args(self, join: bool = True) -> tuple[Any, ...]:
+        return (self.node_id, int(self.lease * 1000), "join" if join else "renew")
+
+    def _heartbeat(self) -> None:
+        if self.reactor.seconds() - self._renewed_at > self.lease / 2:
+            self._lose("Redis did not answer for half a lease")
+            return
+        keys = self.keys
+        renewing = self._script(
+            "heartbeat", (keys.lease(self.node_id), keys.nodes), self._lease_args(join=False)
+        )
+        generation = self._generation
+
+        def renewed(result: object) -> None:
+            if result is _FAILED or generation != self._generation:
+                return
+            if result == 0:
+                self._lose("the other nodes declared this node dead (its lease expired)")
+                return
+            self._renewed_at = self.reactor.seconds()
+
+        renewing.addCallback(renewed)
+
+    def _reap(self) -> None:
+        keys = self.keys
+        self._script("reap", (keys.nodes,), (keys.prefix, self.node_id, "0")).addCallback(
+            self._publish_wills
+        )
+        members = self._redis.execute(b"SMEMBERS", keys.nodes) if self._redis else None
+        if members is not None:
+            members.addCallback(self._members).addErrback(_quiet)
+
+    def _members(self, members: list[bytes]) -> None:
+        self.nodes = sorted(member.decode() for member in members)
+
+    def _publish_wills(self, reaped: object) -> None:
+        """Publish the wills of dead nodes' clients (and of this node's dropped ones)."""
+        if reaped is _FAILED or not reaped:
+            return
+        assert isinstance(reaped, list)
+        for node, flat in zip(reaped[::2], reaped[1::2]):
+            wills = [unpack_message(value.split(SEP, 1)[1]) for value in flat[1::2]]
+            if node.decode() != self.node_id:
+                log.warn(
+                    "cluster node {dead} left (its lease expired): publishing {count} wills",
+                    dead=node.decode(),
+                    count=len(wills),
+                )
+            for will in wills:
+                self.broker.publish(will)
+
+    def _lost(self, lost: RedisConnectionLost, generation: int) -> None:
+        if generation == self._generation:
+            self._lose(str(lost))
+
+    def _lose(self, why: str) -> None:
+        """Stop acknowledging: drop every client, refuse CONNECT, reconnect."""
+        was_ready = self.ready
+        self.ready = False
+        self._generation += 1
+        self._drop_connections()
+        if self._stopping:
+            return
+        log.error(
+            "cluster node {node} lost Redis at {redis}: {why}; clients disconnected, "
+            "nothing acknowledged until it is back",
+            node=self.node_id,
+            redis=self.address.display,
+            why=why,
+        )
+        if was_ready:
+            self.broker.drop_clients()
+        self._retry_later()
+
+    def _drop_connections(self) -> None:
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops = []
+        self._last = None
+        for connection in (self._redis, self._subscriber):
+            if connection is not None:
+                connection.abort()
+        self._redis = self._subscriber = None
+
+    def _retry_later(self) -> None:
+        if self._retry_call is None and not self._stopping:
+            self._retry_call = self.reactor.callLater(self._retry, self._join)
+            self._retry = min(self._retry * 2, RETRY_MAX)
+
+    def stop(self) -> Deferred[None]:
+        """Leave the cluster: routes and lease go, so the others stop forwarding here."""
+        self._stopping = True
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        redis, keys = self._redis, self.keys
+        if not self.ready or redis is None:
+            self._drop_connections()
+            return defer.succeed(None)
+        self.ready = False
+        node = self.node_id
+        redis.execute(b"SREM", keys.nodes, node).addErrback(_quiet)
+        redis.execute(
+            b"DEL", keys.lease(node), keys.routes(node), keys.wills(node), keys.stats(node)
+        ).addErrback(_quiet)
+        last = redis.execute(b"PUBLISH", keys.all, b"X0" + SEP + node.encode() + SEP)
+        last.addErrback(_quiet)
+        last.addTimeout(2.0, self.reactor)
+        last.addBoth(lambda _: self._drop_connections())
+        return last
+
+
+def _unavailable() -> Refused:
+    return Refused(
+        "the cluster is not available (no Redis)",
+        ConnackCode.SERVER_UNAVAILABLE,
+        ReasonCode.SERVER_UNAVAILABLE,
+    )

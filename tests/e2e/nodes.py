@@ -1,0 +1,108 @@
+"""A broker process (``twistd -n mqtt``) listening behind the PROXY protocol, its log in a
+file the tests read; killed with SIGKILL or stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from .browser import TWISTD, free_port
+
+NODE_ARGS = ("--store", "memory", "--sys-interval", "0", "--http", "none")
+START_TIMEOUT = 20.0
+
+
+class Node:
+    """One broker process listening only behind the PROXY protocol; its log in a file."""
+
+    def __init__(
+        self, directory: Path, name: str, *args: str, direct: bool = False, ready: str = ""
+    ) -> None:
+        """``args``: the broker's options after ``--mqtt``; ``direct``: a second, plain
+        ``tcp:`` listener (``direct_port``) for clients that connect to this node itself;
+        ``ready``: a log line that must appear before the node counts as started."""
+        self.args = args or NODE_ARGS
+        self.directory = directory / name
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.log_path = self.directory / "twistd.log"
+        self.port = 0
+        self.direct_port = 0
+        self.direct = direct
+        self.ready = ready
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> Node:
+        """Start (again on the same ports once it has started before)."""
+        deadline = time.monotonic() + START_TIMEOUT
+        fixed = bool(self.port)
+        while True:  # a free port can be taken by someone else before twistd binds it
+            if not fixed:
+                self.port = free_port()
+                self.direct_port = free_port() if self.direct else 0
+            self.log_path.unlink(missing_ok=True)
+            listeners = ["--mqtt", f"haproxy:tcp:{self.port}:interface=127.0.0.1"]
+            if self.direct:
+                listeners += ["--mqtt", f"tcp:{self.direct_port}:interface=127.0.0.1"]
+            with open(self.directory / "stdout.txt", "ab") as stdout:
+                process = subprocess.Popen(
+                    [
+                        str(TWISTD),
+                        "-n",
+                        "--pidfile=",
+                        f"--logfile={self.log_path}",
+                        "mqtt",
+                        *listeners,
+                        *self.args,
+                    ],
+                    cwd=self.directory,
+                    stdin=subprocess.DEVNULL,
+                    stdout=stdout,
+                    stderr=subprocess.STDOUT,
+                )
+            lines = [f"listening on 127.0.0.1:{self.port}"]
+            if self.direct:
+                lines.append(f"listening on 127.0.0.1:{self.direct_port}")
+            if self.ready:
+                lines.append(self.ready)
+            while process.poll() is None and time.monotonic() < deadline:
+                log = self.log()
+                if all(line in log for line in lines):
+                    self.process = process
+                    return self
+                time.sleep(0.05)
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
+            if time.monotonic() >= deadline or fixed:
+                raise AssertionError(f"{self.name} did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def connected(self, client_id: str) -> bool:
+        return f"client {client_id} connected from " in self.log()
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        process, self.process = self.process, None
+        assert process is not None and process.poll() is None, f"{self.name} died by itself"
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
