@@ -5,6 +5,7 @@ plain one (for clients that pick their node), plus paho helpers."""
 from __future__ import annotations
 
 import queue
+import socket
 import threading
 import time
 from pathlib import Path
@@ -158,3 +159,39 @@ def until_routed(publisher: Client, subscriber: Client, topic: str, qos: int = 1
                 pass
             return
     raise AssertionError(f"{topic} never reached {subscriber.client_id}")
+
+
+class RawMQTT:
+    """A raw socket client, to send packets at a moment of the test's choosing."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        self.received = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def still_connected(self, wait: float) -> bool:
+        """Read for ``wait`` seconds: True if CONNACK came and the broker did not close."""
+        deadline = time.monotonic() + wait
+        self.sock.settimeout(0.05)
+        buffered = self.received
+        while time.monotonic() < deadline:
+            try:
+                chunk = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return False
+            if not chunk:
+                return False
+            buffered += chunk
+            self.received = buffered
+        return buffered[:1] == b"\x20"
+
+    def first_packet(self) -> bytes:
+        """The bytes of the first packet received (CONNACK), as far as they came."""
+        return self.received[: 2 + self.received[1]] if len(self.received) > 1 else b""
+
+    def close(self) -> None:
+        self.sock.close()

@@ -85,6 +85,14 @@ class Node:
         except FileNotFoundError:
             return ""
 
+    def wait_for_log(self, line: str, count: int = 1, timeout: float = 10.0) -> None:
+        """Wait until ``line`` is in the log ``count`` times."""
+        deadline = time.monotonic() + timeout
+        while self.log().count(line) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: {line!r} not logged {count}x:\n{self.log()}")
+            time.sleep(0.05)
+
     def connected(self, client_id: str) -> bool:
         return f"client {client_id} connected from " in self.log()
 
