@@ -102,9 +102,14 @@ class Replica:
         seq = int(seq_field)
         self.routes.replace(node, (f.decode() for f in fields))
         self._route_seq[node] = seq
-        for event in waiting:
-            if event.seq > self._route_seq[node] and event.kind != ROUTES_REWRITTEN:
-                self._apply_route(event)
+        for index, event in enumerate(waiting):
+            if event.seq <= self._route_seq[node]:
+                continue
+            if event.kind == ROUTES_REWRITTEN:  # rewritten after the snapshot: read again
+                self.refresh_node(node)
+                self._waiting_routes[node].extend(waiting[index + 1 :])
+                return
+            self._apply_route(event)
 
     # -- retained -----------------------------------------------------------------------
 
