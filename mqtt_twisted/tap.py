@@ -86,6 +86,9 @@ def _positive_float(text: str) -> float:
     return value
 
 
+DEFAULT_STORE = "sqlite:mqtt-twisted.sqlite"
+
+
 class Options(usage.Options):
     """Options of ``twistd mqtt``; names follow mosquitto.conf where one exists."""
 
@@ -98,7 +101,7 @@ class Options(usage.Options):
         [
             "store",
             None,
-            "sqlite:mqtt-twisted.sqlite",
+            DEFAULT_STORE,
             "Where sessions, queued messages and retained messages are kept across restarts: "
             "sqlite:PATH (relative to the working directory) or memory (nothing is kept).",
         ],
@@ -332,6 +335,8 @@ class Options(usage.Options):
                 self[key] = yes_no(self[key])
         if self["sys-interval"] < 0:
             raise usage.UsageError("--sys-interval must be 0 (off) or a positive number of seconds")
+        if self["cluster"] is not None and self["store"] != DEFAULT_STORE:
+            raise usage.UsageError("--store does not apply with --cluster: sessions are in Redis")
         if not self["mqtt"]:
             self["mqtt"] = [DEFAULT_MQTT_LISTENER]
         if not self["http"]:
@@ -556,13 +561,15 @@ def makeService(options: Options, reactor=None) -> MultiService:
         acl_path=options["acl-file"],
     )
     config = options.broker_config()
-    store = open_store_service(
-        options["store"],
-        options["store-sync"],
-        options["store-recover"],
-        reactor,
-        options["store-commit-window"],
-    )
+    store = None
+    if options["cluster"] is None:  # a cluster keeps sessions in its Redis
+        store = open_store_service(
+            options["store"],
+            options["store-sync"],
+            options["store-recover"],
+            reactor,
+            options["store-commit-window"],
+        )
     broker = Broker(reactor, config, hooks=security, journal=store.journal if store else None)
     settings = options.tls_settings()
     service = BrokerService()

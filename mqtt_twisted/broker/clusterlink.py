@@ -9,20 +9,29 @@ transport-free.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred
 
+from mqtt_twisted.broker.entries import SubscriptionOptions
 from mqtt_twisted.broker.journal import Barrier
 from mqtt_twisted.broker.message import Message
+
+if TYPE_CHECKING:
+    from mqtt_twisted.broker.session import Session
+
+#: a persistent session's deliveries numbered below this were stored by publishers' nodes;
+#: those it records itself (retained messages on SUBSCRIBE) are numbered from here
+LOCAL_SEQ_BASE = 1 << 40
 
 
 class ClusterLink(Protocol):
     """The other nodes, as the broker core sees them."""
 
-    def forward(self, message: Message) -> bool:
+    def forward(self, message: Message, origin: Session | None) -> bool:
         """Send ``message`` to the nodes with matching subscriptions (shared groups with a
-        member here are served here). Returns whether any node was sent it."""
+        member here are served here) and store it for the persistent sessions it matches.
+        Returns whether anything matched."""
 
     def barrier(self) -> Barrier | None:
         """Fires once every message forwarded so far reached the cluster (None: nothing
@@ -33,6 +42,14 @@ class ClusterLink(Protocol):
 
     def unsubscribed(self, topic_filter: str) -> None:
         """A local session's subscription on ``topic_filter`` went."""
+
+    def session_subscribed(
+        self, client_id: str, topic_filter: str, options: SubscriptionOptions
+    ) -> None:
+        """A persistent session's plain subscription (added or changed), for every node."""
+
+    def session_unsubscribed(self, client_id: str, topic_filter: str) -> None:
+        """A persistent session's plain subscription went."""
 
     def retain(self, message: Message) -> None:
         """A retained message was set (or cleared, with an empty payload) here."""

@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from mqtt_twisted.broker.clusterlink import ClusterLink
+from mqtt_twisted.broker.clusterlink import LOCAL_SEQ_BASE, ClusterLink
 from mqtt_twisted.broker.config import BrokerConfig
 from mqtt_twisted.broker.entries import Handover, SessionConnection, SubscriptionOptions
 from mqtt_twisted.broker.hooks import ClientIdentity, Hooks
@@ -138,6 +138,8 @@ class Broker:
             self._cancel_delayed_will(session)  # back in time: no will [MQTT-3.1.3-9]
         if identity is not None:
             session.identity = identity
+        if self.cluster is not None and not present and expiry_interval != 0:
+            session.reserve_seqs(LOCAL_SEQ_BASE)  # below: given by publishers' nodes
         session.protocol_level = protocol_level
         journal = self.journal
         if journal is not None and (expiry_interval != 0 or session.journal is not None):
@@ -195,8 +197,21 @@ class Broker:
         if session is not None and session.connection is not None:
             session.connection.take_over()  # ends in session_closed(), synchronously
         session = self.sessions.get(client_id)
-        if session is not None:
+        if session is None:
+            return
+        if session.journal is None:
             self._discard(session)
+            return
+        # Persistent: the store keeps it for the node that took it; it only leaves here.
+        for topic_filter in session.subscriptions:
+            self.remove_subscription(session, topic_filter, moving=True)
+        session.subscriptions.clear()
+        session.clear()
+        del self.sessions[client_id]
+        for call in (session.expiry_call, session.will_call):
+            if call is not None and call.active():
+                call.cancel()
+        session.expiry_call = session.will_call = session.delayed_will = None
 
     def session_closed(self, session: Session, conn: SessionConnection, will: Will | None) -> None:
         """``conn`` ended; publish ``will`` (now or after its delay), keep or drop the session."""
@@ -261,14 +276,8 @@ class Broker:
 
     def _discard(self, session: Session) -> None:
         """End a session: subscriptions go, a delayed will is published now."""
-        cluster = self.cluster
         for topic_filter in session.subscriptions:
-            if topic_filter.startswith(SHARE_PREFIX):
-                self.shared.remove(topic_filter, session)
-            else:
-                self.subscriptions.remove(topic_filter, session)
-            if cluster is not None:
-                cluster.unsubscribed(topic_filter)
+            self.remove_subscription(session, topic_filter)
         session.subscriptions.clear()
         session.clear()
         if self.cluster is not None:
@@ -359,7 +368,7 @@ class Broker:
                     matched = self._deliver_shared(group, message, origin) or matched
         cluster = self.cluster
         if cluster is not None:
-            matched = cluster.forward(message) or matched
+            matched = cluster.forward(message, origin) or matched
         return matched
 
     def _deliver_merged(self, message: Message, matches: list, origin: Session | None) -> None:
@@ -458,19 +467,55 @@ class Broker:
                 request.retain_handling,
                 subscription_id,
             )
-            if self.cluster is not None and topic_filter not in session.subscriptions:
-                self.cluster.subscribed(topic_filter)
+            existed = topic_filter in session.subscriptions
             session.subscriptions[topic_filter] = opts  # replaces an existing one [MQTT-3.8.4-3]
             if session.journal is not None:
                 session.journal.save_subscription(
                     SubscriptionRecord(session.client_id, topic_filter, *attrs.astuple(opts))
                 )
-            if topic_filter.startswith(SHARE_PREFIX):
-                self.shared.add(topic_filter, session, opts)
-            else:
-                self.subscriptions.add(topic_filter, session, opts)
+            self.add_subscription(session, topic_filter, opts, existed)
             codes.append(qos)
         return codes
+
+    def add_subscription(
+        self,
+        session: Session,
+        topic_filter: str,
+        opts: SubscriptionOptions,
+        existed: bool = False,
+        announce: bool = True,
+    ) -> None:
+        """Put a subscription where routing finds it. In a cluster a persistent session's
+        plain subscriptions live in the cluster (its messages are stored in Redis by the
+        publisher's node); ``announce``: tell the cluster (False: it knows already)."""
+        cluster = self.cluster
+        if topic_filter.startswith(SHARE_PREFIX):
+            self.shared.add(topic_filter, session, opts)
+        elif cluster is not None and session.journal is not None:
+            if announce:
+                cluster.session_subscribed(session.client_id, topic_filter, opts)
+            return
+        else:
+            self.subscriptions.add(topic_filter, session, opts)
+        if cluster is not None and not existed:
+            cluster.subscribed(topic_filter)
+
+    def remove_subscription(
+        self, session: Session, topic_filter: str, moving: bool = False
+    ) -> None:
+        """Take a subscription out of routing (``moving``: the session goes on on another
+        node of the cluster, which keeps its subscriptions)."""
+        cluster = self.cluster
+        if topic_filter.startswith(SHARE_PREFIX):
+            self.shared.remove(topic_filter, session)
+        elif cluster is not None and session.journal is not None:
+            if not moving:
+                cluster.session_unsubscribed(session.client_id, topic_filter)
+            return
+        else:
+            self.subscriptions.remove(topic_filter, session)
+        if cluster is not None:
+            cluster.unsubscribed(topic_filter)
 
     def send_retained(
         self,
@@ -509,12 +554,7 @@ class Broker:
             if session.subscriptions.pop(topic_filter, None) is not None:
                 if session.journal is not None:
                     session.journal.remove_subscription(session.client_id, topic_filter)
-                if topic_filter.startswith(SHARE_PREFIX):
-                    self.shared.remove(topic_filter, session)
-                else:
-                    self.subscriptions.remove(topic_filter, session)
-                if self.cluster is not None:
-                    self.cluster.unsubscribed(topic_filter)
+                self.remove_subscription(session, topic_filter)
                 codes.append(0)
             else:
                 codes.append(UNSUBACK_NO_SUBSCRIPTION)

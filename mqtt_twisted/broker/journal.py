@@ -335,6 +335,8 @@ class Journal:
         """One delivery of ``message`` is gone (its row removed, or purged with its
         session): the message row goes with the last one."""
         message_id = message.store_id
+        if not message_id:
+            return  # stored by someone else (a cluster's publisher): no reference here
         refs = self._refs
         count = refs.get(message_id, 0) - 1
         if count > 0:

@@ -21,8 +21,6 @@ if TYPE_CHECKING:
     from mqtt_twisted.broker.core import Broker
     from mqtt_twisted.broker.records import SessionRecord, Snapshot
 
-SHARE_PREFIX = "$share/"
-
 
 class LoadReport(NamedTuple):
     """What start-up found in the store (for the log)."""
@@ -88,10 +86,7 @@ def restore(broker: Broker, snapshot: Snapshot) -> LoadReport:
                 sub.subscription_id,
             )
             session.subscriptions[sub.topic_filter] = opts
-            if sub.topic_filter.startswith(SHARE_PREFIX):
-                broker.shared.add(sub.topic_filter, session, opts)
-            else:
-                broker.subscriptions.add(sub.topic_filter, session, opts)
+            broker.add_subscription(session, sub.topic_filter, opts, announce=False)
         session.awaiting_pubrel = set(snapshot.inbound.get(client_id, ()))
         for delivery in snapshot.deliveries.get(client_id, ()):
             message = messages.get(delivery.message_id)

@@ -151,6 +151,28 @@ class Session:
             return
         self._enqueue(Queued(message, qos, retain, subscription_ids, group), origin)
 
+    def deliver_stored(
+        self,
+        message: Message,
+        qos: int,
+        retain: bool,
+        subscription_ids: tuple[int, ...],
+        seq: int,
+    ) -> None:
+        """A QoS 1/2 delivery the store already holds as ``seq`` (in a cluster, written by
+        the publisher's node): sent or queued like any other, never recorded again."""
+        conn = self.connection
+        if conn is not None and not self.queue and len(self.inflight) < self._window:
+            self._send_new(conn, message, qos, retain, subscription_ids, None, seq)
+            return
+        self._enqueue(Queued(message, qos, retain, subscription_ids, None, seq), None)
+
+    def reserve_seqs(self, below: int) -> None:
+        """Deliveries this session records itself get a ``seq`` of at least ``below``
+        (smaller ones are given by someone else: see ``deliver_stored``)."""
+        if self._seq < below:
+            self._seq = below
+
     def _send_qos0(
         self,
         conn: SessionConnection,
@@ -234,7 +256,7 @@ class Session:
         if self._full(size):
             if self.connection is None:
                 if self._over_limit(size):
-                    self._drop()  # offline: bounded by dropping
+                    self._drop(item)  # offline: bounded by dropping
                     return
                 self._push(item)
                 return
@@ -243,7 +265,7 @@ class Session:
                 # own messages (whose acknowledgements share its input). They may use a
                 # second limit's worth of room, then they are dropped: bounded all the same.
                 if self._over_limit(size, HARD_LIMIT_FACTOR):
-                    self._drop()
+                    self._drop(item)
                     return
                 self._push(item)
                 return
@@ -253,7 +275,7 @@ class Session:
                 # publisher.
                 self._hold(origin)
             if self.slow and self._over_limit(size):
-                self._drop()
+                self._drop(item)
                 return
         self._push(item)
 
@@ -288,7 +310,9 @@ class Session:
         stats.stored_bytes -= size
         return item
 
-    def _drop(self) -> None:
+    def _drop(self, item: Queued | None = None) -> None:
+        if item is not None and item.seq and self.journal is not None:  # stored already
+            self.journal.remove_delivery(self.client_id, item.seq, item.message)
         self.dropped += 1
         self._stats.publish_dropped += 1
         if not self._dropping:

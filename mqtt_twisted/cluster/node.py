@@ -20,9 +20,10 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mqtt_twisted.broker import Broker
+from mqtt_twisted.broker import Broker, Session
+from mqtt_twisted.broker.entries import SubscriptionOptions
 from mqtt_twisted.broker.hooks import Refused
-from mqtt_twisted.broker.journal import Barrier
+from mqtt_twisted.broker.journal import Barrier, Journal
 from mqtt_twisted.broker.message import Message
 from mqtt_twisted.cluster import scripts
 from mqtt_twisted.cluster.redis import (
@@ -34,18 +35,32 @@ from mqtt_twisted.cluster.redis import (
     connect_subscriber,
 )
 from mqtt_twisted.cluster.replica import Replica
+from mqtt_twisted.cluster.routes import merge_deliveries
 from mqtt_twisted.cluster.scripts import Keys
+from mqtt_twisted.cluster.sessions import SessionMoves
+from mqtt_twisted.cluster.store import RedisStore
 from mqtt_twisted.cluster.wire import (
+    DOORBELL,
     FORWARD,
     KICK,
+    RELEASED,
     RETAINED,
     SEP,
+    SESSION_ROUTE,
+    SESSION_UNROUTE,
+    Kick,
+    pack_delivery_head,
     pack_message,
+    pack_options,
+    unpack_doorbell,
     unpack_forward,
     unpack_kick,
     unpack_message,
+    unpack_options,
+    unpack_released,
     unpack_retained_event,
     unpack_route_event,
+    unpack_session_route_event,
 )
 from mqtt_twisted.packets import ConnackCode, ReasonCode
 
@@ -99,7 +114,18 @@ class ClusterNode:
         self.ready = False
         #: live nodes, this one included, as the last lease check saw them
         self.nodes: list[str] = [node_id]
-        self.replica = Replica(node_id, self._fetch_routes, self._fetch_retained, self._retained)
+        self.replica = Replica(
+            node_id,
+            self._fetch_routes,
+            self._fetch_retained,
+            self._retained,
+            self._fetch_session_routes,
+        )
+        #: persistent sessions live in Redis: the broker's journal writes them there
+        self.store = RedisStore(self.keys, node_id, lambda: self._redis if self.ready else None)
+        self.journal = Journal(self.store, reactor)
+        broker.journal = self.journal
+        self.sessions = SessionMoves(self, self.store, self.journal)
         self._redis: RedisProtocol | None = None
         self._subscriber: RedisSubscriber | None = None
         self._shas: dict[str, bytes] = {}
@@ -110,7 +136,7 @@ class ClusterNode:
         #: claim number of each client id held here, claims on their way, later kicks
         self._epochs: dict[str, int] = {}
         self._claiming: dict[str, int] = {}
-        self._kicked: dict[str, int] = {}
+        self._kicked: dict[str, tuple[int, str]] = {}
         self._last: Deferred[Any] | None = None
         self._loops: list[task.LoopingCall] = []
         self._renewed_at = 0.0
@@ -122,10 +148,11 @@ class ClusterNode:
 
     # -- ClusterLink: what the broker core calls -----------------------------------------
 
-    def forward(self, message: Message) -> bool:
+    def forward(self, message: Message, origin: Session | None) -> bool:
         topic = message.topic
         if topic[:4] == "$SYS":
             return False  # each node's own figures
+        stored = self._store_for_sessions(message, origin)
         routes = self.replica.routes
         nodes = routes.nodes_for(topic)
         groups: dict[str, list[str]] = {}
@@ -133,7 +160,7 @@ class ClusterNode:
             if self.broker.shared.group(group.share_filter) is None:  # none here: remote
                 groups.setdefault(group.pick(), []).append(group.share_filter)
         if not nodes and not groups:
-            return False
+            return stored
         redis = self._redis
         if redis is None or not self.ready:
             return True  # never acknowledged: the connection is being dropped
@@ -150,6 +177,40 @@ class ClusterNode:
             self._last = redis.execute(b"PUBLISH", channel, data + packed).addErrback(_quiet)
         self.broker.stats.cluster_forwarded += len(nodes | groups.keys())
         return True
+
+    def _store_for_sessions(self, message: Message, origin: Session | None) -> bool:
+        """Store ``message`` for the persistent sessions it matches (any node's): one
+        script that also rings their nodes. Returns whether any matched."""
+        matches = self.replica.persistent.match(message.topic)
+        if not matches:
+            return False
+        targets = merge_deliveries(message, matches, origin.client_id if origin else None)
+        if not targets:
+            return False
+        args: list[Any] = [self.keys.prefix, pack_message(message)]
+        for client_id, (qos, retain, ids) in targets.items():
+            args += (client_id, pack_delivery_head(qos, retain, ids), qos)
+        self._script("enqueue", (), args)
+        return True
+
+    def session_subscribed(
+        self, client_id: str, topic_filter: str, options: SubscriptionOptions
+    ) -> None:
+        self._session_route(client_id, topic_filter, pack_options(options))
+
+    def session_unsubscribed(self, client_id: str, topic_filter: str) -> None:
+        self._session_route(client_id, topic_filter, b"")
+
+    def _session_route(self, client_id: str, topic_filter: str, options: bytes) -> None:
+        if self.ready:
+            keys = (self.keys.psubs, self.keys.psubs_seq, self.keys.all)
+            self._script("session_route", keys, (client_id, topic_filter, options))
+
+    def publish_to(self, node: str, data: bytes) -> None:
+        """Send ``data`` on ``node``'s channel (nothing if Redis is not there)."""
+        if self._redis is not None:
+            channel = self.keys.channel(node)
+            self._redis.execute(b"PUBLISH", channel, data).addErrback(_quiet)
 
     def barrier(self) -> Barrier | None:
         last = self._last
@@ -189,41 +250,49 @@ class ClusterNode:
         if not self.ready:
             return defer.fail(_unavailable())
         self._claiming[client_id] = self._claiming.get(client_id, 0) + 1
+        keys = self.keys
         claiming = self._script(
             "claim",
-            (self.keys.client(client_id), self.keys.wills(self.node_id)),
-            (
-                self.node_id,
-                client_id,
-                b"" if will is None else pack_message(will),
-                self.keys.node_channels,
-            ),
+            (keys.client(client_id), keys.wills(self.node_id), keys.session(client_id)),
+            (self.node_id, client_id, b"" if will is None else pack_message(will), keys.prefix),
         )
 
-        def checked(result: object) -> int:
+        def claimed(result: object) -> Deferred[int]:
             if result is _FAILED:
                 self._claim_done(client_id)
                 raise _unavailable()
-            return int(result)  # type: ignore[call-overload]
+            assert isinstance(result, list)
+            epoch, previous, alive, stored = result
+            taking = self.sessions.take(client_id, previous.decode(), bool(alive), bool(stored))
 
-        return claiming.addCallback(checked)
+            def failed(failure: Failure) -> int:
+                self._claim_done(client_id)
+                log.failure(
+                    "taking the session of {client_id} failed", failure, client_id=client_id
+                )
+                raise _unavailable()
 
-    def _claim_done(self, client_id: str) -> int:
+            return taking.addCallbacks(lambda _: int(epoch), failed)
+
+        return claiming.addCallback(claimed)
+
+    def _claim_done(self, client_id: str) -> tuple[int, str]:
         """A claim of ``client_id`` came back: the newest kick while any was on its way."""
         left = self._claiming.get(client_id, 0) - 1
         if left > 0:
             self._claiming[client_id] = left
-            return self._kicked.get(client_id, 0)
+            return self._kicked.get(client_id, (0, ""))
         self._claiming.pop(client_id, None)
-        return self._kicked.pop(client_id, 0)
+        return self._kicked.pop(client_id, (0, ""))
 
     def claimed(self, client_id: str, epoch: int) -> None:
-        kicked = self._claim_done(client_id)
+        kicked, claimant = self._claim_done(client_id)
         if client_id in self.broker.sessions:
             if epoch > self._epochs.get(client_id, 0):
                 self._epochs[client_id] = epoch
             if kicked > epoch:  # another node claimed it while this claim was on its way
-                self.broker.moved(client_id)
+                self._epochs.pop(client_id, None)
+                self.sessions.hand_over(client_id, kicked, claimant)
         else:  # the client went away before its CONNACK
             self._release(client_id, epoch)
 
@@ -240,7 +309,17 @@ class ClusterNode:
 
     def _release(self, client_id: str, epoch: int) -> None:
         if self.ready:
-            self._script("release", (self.keys.client(client_id),), (self.node_id, epoch))
+            keys = (self.keys.client(client_id), self.keys.hosted(self.node_id))
+            self._script("release", keys, (self.node_id, epoch, client_id))
+
+    def adopt_one(self, dead: str, client_id: str) -> Deferred[Any]:
+        """Take ``client_id``'s persistent session from the dead node ``dead`` (fires with
+        the claim number, or 0 if someone else has it now)."""
+        keys = (self.keys.client(client_id), self.keys.session(client_id))
+        return self._script("adopt", keys, (self.node_id, client_id, self.keys.prefix, dead))
+
+    def adopted(self, client_id: str, epoch: int) -> None:
+        self._epochs[client_id] = epoch
 
     # -- messages from the other nodes ------------------------------------------------------
 
@@ -251,17 +330,24 @@ class ClusterNode:
             self.broker.deliver_forwarded(forward.message, forward.plain, forward.groups)
         elif kind == RETAINED:
             self.replica.retained_event(unpack_retained_event(data))
+        elif kind == DOORBELL:
+            self.sessions.doorbell(unpack_doorbell(data))
         elif kind == KICK:
-            self._kick(*unpack_kick(data))
+            self._kick(unpack_kick(data))
+        elif kind == RELEASED:
+            self.sessions.released(unpack_released(data)[0])
+        elif kind == SESSION_ROUTE or kind == SESSION_UNROUTE:
+            self.replica.session_route_event(unpack_session_route_event(data))
         else:
             self.replica.route_event(unpack_route_event(data))
 
-    def _kick(self, client_id: str, epoch: int) -> None:
-        if self._claiming.get(client_id):
-            self._kicked[client_id] = max(self._kicked.get(client_id, 0), epoch)
-        if self._epochs.get(client_id, 0) < epoch and client_id in self.broker.sessions:
+    def _kick(self, kick: Kick) -> None:
+        client_id, epoch, claimant = kick
+        if self._claiming.get(client_id) and epoch > self._kicked.get(client_id, (0, ""))[0]:
+            self._kicked[client_id] = (epoch, claimant)
+        if self._epochs.get(client_id, 0) < epoch:
             self._epochs.pop(client_id, None)
-            self.broker.moved(client_id)
+            self.sessions.hand_over(client_id, epoch, claimant)
 
     def _retained(self, topic: str, message: Message | None) -> None:
         self.broker.apply_retained(topic, message)
@@ -282,7 +368,7 @@ class ClusterNode:
 
     def _fetch_retained(self) -> None:
         keys = (self.keys.retained, self.keys.retained_seq)
-        reading = self._script("retained_snapshot", keys, ())
+        reading = self._script("snapshot", keys, ())
 
         def arrived(reply: object) -> None:
             if reply is _FAILED:
@@ -294,6 +380,23 @@ class ClusterNode:
             }
             present = {topic for topic, _ in self.broker.retained.match("#")}
             self.replica.retained_snapshot(int(seq), messages, present)
+
+        self._track(reading.addCallback(arrived))
+
+    def _fetch_session_routes(self) -> None:
+        reading = self._script("snapshot", (self.keys.psubs, self.keys.psubs_seq), ())
+
+        def arrived(reply: object) -> None:
+            if reply is _FAILED:
+                return
+            assert isinstance(reply, list)
+            seq, flat = reply
+            routes = {}
+            for field, value in zip(flat[::2], flat[1::2]):
+                client_id, topic_filter = field.split(SEP, 1)
+                routes[(client_id.decode(), topic_filter.decode())] = unpack_options(value)
+            present = self.replica.persistent_routes()
+            self.replica.session_routes.snapshot(int(seq), routes, present)
 
         self._track(reading.addCallback(arrived))
 
@@ -375,6 +478,7 @@ class ClusterNode:
         for node in self.nodes:
             self.replica.refresh_node(node)
         self.replica.refresh_retained()
+        self.replica.session_routes.refresh()
         reads, self._startup = self._startup, None
         await defer.gatherResults(reads)
         if generation != self._generation:
@@ -430,20 +534,25 @@ class ClusterNode:
         self.nodes = sorted(member.decode() for member in members)
 
     def _publish_wills(self, reaped: object) -> None:
-        """Publish the wills of dead nodes' clients (and of this node's dropped ones)."""
+        """Publish the wills of dead nodes' clients (and of this node's dropped ones) and
+        adopt their persistent sessions."""
         if reaped is _FAILED or not reaped:
             return
         assert isinstance(reaped, list)
-        for node, flat in zip(reaped[::2], reaped[1::2]):
+        for node, flat, sessions in zip(reaped[::3], reaped[1::3], reaped[2::3]):
             wills = [unpack_message(value.split(SEP, 1)[1]) for value in flat[1::2]]
-            if node.decode() != self.node_id:
+            dead = node.decode()
+            if dead != self.node_id:
                 log.warn(
-                    "cluster node {dead} left (its lease expired): publishing {count} wills",
-                    dead=node.decode(),
+                    "cluster node {dead} left (its lease expired): publishing {count} wills, "
+                    "taking {sessions} persistent sessions",
+                    dead=dead,
                     count=len(wills),
+                    sessions=len(sessions),
                 )
             for will in wills:
                 self.broker.publish(will)
+            self.sessions.adopt(dead, [client_id.decode() for client_id in sessions])
 
     def _lost(self, lost: RedisConnectionLost, generation: int) -> None:
         if generation == self._generation:
@@ -484,6 +593,21 @@ class ClusterNode:
             self._retry_call = self.reactor.callLater(self._retry, self._join)
             self._retry = min(self._retry * 2, RETRY_MAX)
 
+    def flush(self, timeout: float = 10.0) -> Deferred[None]:
+        """Fires once everything the journal recorded is in Redis (or after ``timeout``)."""
+        barrier = self.journal.barrier()
+        done: Deferred[None] = Deferred()
+        if barrier is None or not self.ready:
+            done.callback(None)
+            return done
+
+        def committed() -> None:
+            if not done.called:
+                done.callback(None)
+
+        barrier.when_committed(committed)
+        return done.addTimeout(timeout, self.reactor)
+
     def stop(self) -> Deferred[None]:
         """Leave the cluster: routes and lease go, so the others stop forwarding here."""
         self._stopping = True
@@ -495,10 +619,10 @@ class ClusterNode:
             return defer.succeed(None)
         self.ready = False
         node = self.node_id
-        redis.execute(b"SREM", keys.nodes, node).addErrback(_quiet)
-        redis.execute(
-            b"DEL", keys.lease(node), keys.routes(node), keys.wills(node), keys.stats(node)
-        ).addErrback(_quiet)
+        # Still a member without a lease: the next look for dead nodes (by a survivor, or by
+        # this node started again) adopts its persistent sessions. Its routes go at once.
+        redis.execute(b"DEL", keys.lease(node), keys.routes(node), keys.stats(node))
+        redis.execute(b"DEL", keys.wills(node)).addErrback(_quiet)
         last = redis.execute(b"PUBLISH", keys.all, b"X0" + SEP + node.encode() + SEP)
         last.addErrback(_quiet)
         last.addTimeout(2.0, self.reactor)

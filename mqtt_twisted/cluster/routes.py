@@ -8,7 +8,10 @@ subscriptions (``$share/NAME/FILTER``) map to groups, each with the nodes that h
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
+from mqtt_twisted.broker.entries import SubscriptionOptions
+from mqtt_twisted.broker.message import Message
 from mqtt_twisted.topics import SubscriptionTree, parse_shared_subscription
 
 
@@ -105,3 +108,33 @@ class RemoteRoutes:
     def groups_for(self, topic: str) -> list[RemoteGroup]:
         """Shared groups with members on other nodes whose filter matches ``topic``."""
         return [group for groups in self._group_tree.match(topic) for group in groups]
+
+
+def merge_deliveries(
+    message: Message,
+    matches: list[dict[str, SubscriptionOptions]],
+    origin: str | None,
+) -> dict[str, tuple[int, bool, tuple[int, ...]]]:
+    """Persistent sessions' subscriptions matching ``message`` as one delivery per client
+    id: (QoS, retain flag, subscription ids). Overlapping subscriptions give one copy at
+    the highest QoS [MQTT-3.3.5-1] with every identifier [MQTT-3.3.4-3]; ``origin``'s own
+    No Local subscriptions get nothing [MQTT-3.8.3-3]."""
+    merged: dict[str, list[Any]] = {}
+    for subscribers in matches:
+        for client_id, opts in subscribers.items():
+            if opts.no_local and client_id == origin:
+                continue
+            entry = merged.get(client_id)
+            if entry is None:
+                entry = merged[client_id] = [opts.qos, opts.retain_as_published, []]
+            else:
+                entry[0] = max(entry[0], opts.qos)
+                entry[1] = entry[1] or opts.retain_as_published
+            if opts.subscription_id:
+                entry[2].append(opts.subscription_id)
+    qos = message.qos
+    retain = message.retain
+    return {
+        client_id: (min(qos, granted), retain and as_published, tuple(ids))
+        for client_id, (granted, as_published, ids) in merged.items()
+    }

@@ -54,6 +54,22 @@ class Keys(NamedTuple):
     def client(self, client_id: str) -> str:
         return self.prefix + "cid:" + client_id
 
+    def session(self, client_id: str) -> str:
+        """A persistent session's hash: record, subscriptions, deliveries, QoS 2 ids."""
+        return self.prefix + "s:" + client_id
+
+    def hosted(self, node: str) -> str:
+        """The set of client ids whose persistent sessions ``node`` holds."""
+        return self.prefix + "sessions:" + node
+
+    @property
+    def psubs(self) -> str:
+        return self.prefix + "psubs"
+
+    @property
+    def psubs_seq(self) -> str:
+        return self.prefix + "psubs-seq"
+
 
 #: KEYS routes, all; ARGV kind (S|U), node, filter. Returns the node's new event number.
 ROUTE = """
@@ -90,13 +106,16 @@ redis.call('PUBLISH', KEYS[3], 'R' .. seq .. '\\0' .. ARGV[1] .. '\\0' .. ARGV[2
 return seq
 """
 
-#: KEYS retained, retained-seq. Returns {seq, {topic, value, ...}} at one instant.
-RETAINED_SNAPSHOT = """
+#: KEYS hash, seq. Returns {seq, {field, value, ...}} at one instant (retained messages,
+#: persistent sessions' subscriptions).
+SNAPSHOT = """
 return {redis.call('GET', KEYS[2]) or '0', redis.call('HGETALL', KEYS[1])}
 """
 
-#: KEYS client, wills of this node; ARGV node, client id, packed will or '', channel prefix.
-#: Takes the client id (a new claim number); tells its previous node with a kick.
+#: KEYS client, wills of this node, session; ARGV node, client id, packed will or '', prefix.
+#: Takes the client id (a new claim number) and tells its previous node with a kick.
+#: Returns {claim number, previous node or '', whether that node is alive, whether the
+#: client has a persistent session stored}.
 CLAIM = """
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 local old = redis.call('HGET', KEYS[1], 'node')
@@ -106,10 +125,63 @@ if ARGV[3] ~= '' then
 else
   redis.call('HDEL', KEYS[2], ARGV[2])
 end
+local alive = 0
 if old and old ~= ARGV[1] then
-  redis.call('PUBLISH', ARGV[4] .. old, 'K' .. epoch .. '\\0' .. ARGV[2])
+  redis.call('SREM', ARGV[4] .. 'sessions:' .. old, ARGV[2])
+  alive = redis.call('EXISTS', ARGV[4] .. 'node:' .. old)
+  redis.call('PUBLISH', ARGV[4] .. 'n:' .. old, 'K' .. epoch .. '\\0' .. ARGV[2] .. '\\0' .. ARGV[1])
 end
-return epoch
+local stored = redis.call('HEXISTS', KEYS[3], 's')
+if stored == 1 then redis.call('SADD', ARGV[4] .. 'sessions:' .. ARGV[1], ARGV[2]) end
+return {epoch, old or '', alive, stored}
+"""
+
+#: KEYS client, session; ARGV node, client id, prefix, dead node. A dead node's persistent
+#: session goes to this node unless someone claimed it since. Returns the claim number or 0.
+ADOPT = """
+if redis.call('HGET', KEYS[1], 'node') ~= ARGV[4] or redis.call('HEXISTS', KEYS[2], 's') == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'node', ARGV[1])
+redis.call('SADD', ARGV[3] .. 'sessions:' .. ARGV[1], ARGV[2])
+return redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+"""
+
+#: ARGV prefix, packed message, then per persistent session: client id, delivery head,
+#: QoS. Stores each QoS 1/2 delivery in the session's hash under the session's next seq,
+#: and rings the session's node (QoS 0 only rings). Sessions that ended are skipped.
+ENQUEUE = """
+local p, message = ARGV[1], ARGV[2]
+for i = 3, #ARGV, 3 do
+  local cid, head = ARGV[i], ARGV[i + 1]
+  local key = p .. 's:' .. cid
+  if redis.call('HEXISTS', key, 's') == 1 then
+    local seq = 0
+    if ARGV[i + 2] ~= '0' then
+      seq = redis.call('HINCRBY', key, 'seq', 1)
+      redis.call('HSET', key, 'd:' .. seq, head .. message)
+    end
+    local node = redis.call('HGET', p .. 'cid:' .. cid, 'node')
+    if node then
+      redis.call('PUBLISH', p .. 'n:' .. node, 'B' .. seq .. '\\0' .. cid .. '\\0' .. head .. message)
+    end
+  end
+end
+return 1
+"""
+
+#: KEYS psubs, psubs-seq, all; ARGV client id, filter, packed options ('' removes it).
+SESSION_ROUTE = """
+local seq = redis.call('INCR', KEYS[2])
+local field = ARGV[1] .. '\\0' .. ARGV[2]
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], field)
+  redis.call('PUBLISH', KEYS[3], 'p' .. seq .. '\\0' .. ARGV[1] .. '\\0' .. ARGV[2])
+else
+  redis.call('HSET', KEYS[1], field, ARGV[3])
+  redis.call('PUBLISH', KEYS[3], 'P' .. seq .. '\\0' .. ARGV[1] .. '\\0' .. ARGV[3] .. ARGV[2])
+end
+return seq
 """
 
 #: KEYS wills of this node; ARGV client id, claim number: the will of that claim goes.
@@ -121,11 +193,13 @@ end
 return 0
 """
 
-#: KEYS client; ARGV node, claim number: the client id is free unless claimed since.
+#: KEYS client, hosted sessions of this node; ARGV node, claim number, client id: the
+#: client id is free unless claimed since.
 RELEASE = """
 if redis.call('HGET', KEYS[1], 'node') == ARGV[1]
     and redis.call('HGET', KEYS[1], 'epoch') == ARGV[2] then
   redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[2], ARGV[3])
 end
 return 0
 """
@@ -140,10 +214,11 @@ redis.call('SADD', KEYS[2], ARGV[1])
 return 1
 """
 
-#: KEYS nodes; ARGV prefix, this node. Nodes whose lease expired leave the cluster: their
-#: routes go (announced with ``X``) and their wills are returned, once, to the one caller
-#: that removed them. Returns {node, {client, will, ...}, ...}. This node's own wills
-#: (left by clients dropped when it lost Redis) are taken the same way with ARGV[3] = '1'.
+#: KEYS nodes; ARGV prefix, this node, '1' for this node itself. Nodes whose lease expired
+#: leave the cluster: their routes go (announced with ``X``); their wills and the client
+#: ids of their persistent sessions are returned, once, to the one caller that removed
+#: them: {node, {client, will, ...}, {client, ...}, ...}. A node takes its own (wills of
+#: clients dropped when it lost Redis) the same way.
 REAP = """
 local out = {}
 local function reap(node)
@@ -151,6 +226,12 @@ local function reap(node)
   redis.call('DEL', ARGV[1] .. 'wills:' .. node)
   table.insert(out, node)
   table.insert(out, wills)
+  if node == ARGV[2] then
+    table.insert(out, {})
+  else
+    table.insert(out, redis.call('SMEMBERS', ARGV[1] .. 'sessions:' .. node))
+    redis.call('DEL', ARGV[1] .. 'sessions:' .. node)
+  end
 end
 if ARGV[3] == '1' then
   reap(ARGV[2])
@@ -171,8 +252,11 @@ ALL = {
     "route": ROUTE,
     "rewrite": REWRITE,
     "retain": RETAIN,
-    "retained_snapshot": RETAINED_SNAPSHOT,
+    "snapshot": SNAPSHOT,
     "claim": CLAIM,
+    "adopt": ADOPT,
+    "enqueue": ENQUEUE,
+    "session_route": SESSION_ROUTE,
     "drop_will": DROP_WILL,
     "release": RELEASE,
     "heartbeat": HEARTBEAT,

@@ -72,7 +72,9 @@ class ClusterService(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        return self.node.stop()
+        # Clients are closed by now: what the journal still holds goes to Redis (bounded),
+        # then the node leaves.
+        return self.node.flush().addBoth(lambda _: self.node.stop())
 
 
 def cluster_service(options: Any, broker: Broker, reactor: Any) -> ClusterService | None:

@@ -7,7 +7,12 @@
   (``Y``). Each node numbers its events; a gap means "read my routes again".
 * A :class:`RetainedEvent` goes on the cluster channel when a retained message is set or
   cleared, numbered cluster-wide for the same reason.
-* A :class:`Kick` tells the node that held a client id that another node took it.
+* A :class:`Kick` tells the node that held a client id that another node took it; that
+  node answers ``released`` once what it held of the session is in Redis.
+* A doorbell tells a persistent session's node about a delivery a publisher's node stored
+  in the session's hash (``B seq cid delivery``; seq 0: QoS 0, not stored).
+* A session route event announces a persistent session's subscription (``P``), numbered
+  cluster-wide like retained events.
 
 Messages travel with their remaining expiry as wall-clock time (nodes share the clock of
 the machine or of NTP); properties in the MQTT 5 encoding.
@@ -19,6 +24,7 @@ import math
 import struct
 from typing import NamedTuple
 
+from mqtt_twisted.broker.entries import SubscriptionOptions
 from mqtt_twisted.broker.message import Message
 from mqtt_twisted.packets.properties import decode_properties, encode_properties
 from mqtt_twisted.packets.wire import Reader
@@ -29,6 +35,10 @@ ROUTE_REMOVED = b"U"
 ROUTES_REWRITTEN = b"Y"
 RETAINED = b"R"
 KICK = b"K"
+RELEASED = b"D"
+DOORBELL = b"B"
+SESSION_ROUTE = b"P"
+SESSION_UNROUTE = b"p"
 #: separates the fields of events written by Redis scripts (never in MQTT strings
 #: [MQTT-1.5.4-2] nor in node ids)
 SEP = b"\x00"
@@ -65,10 +75,37 @@ class RetainedEvent(NamedTuple):
 
 
 class Kick(NamedTuple):
-    """Another node claimed ``client_id`` with a newer ``epoch``."""
+    """Node ``claimant`` claimed ``client_id`` with a newer ``epoch``."""
 
     client_id: str
     epoch: int
+    claimant: str
+
+
+class Delivery(NamedTuple):
+    """A message owed to a persistent session, as its hash and doorbells hold it."""
+
+    message: Message
+    qos: int
+    retain: bool
+    subscription_ids: tuple[int, ...]
+
+
+class Doorbell(NamedTuple):
+    """A delivery for a session of this node (``seq`` 0: QoS 0, not stored)."""
+
+    client_id: str
+    seq: int
+    delivery: Delivery
+
+
+class SessionRouteEvent(NamedTuple):
+    """A persistent session's subscription set (``options``) or removed (None)."""
+
+    seq: int
+    client_id: str
+    topic_filter: str
+    options: SubscriptionOptions | None
 
 
 def pack_message(message: Message) -> bytes:
@@ -139,10 +176,60 @@ def unpack_retained_event(data: bytes) -> RetainedEvent:
     return RetainedEvent(int(seq), topic.decode(), unpack_message(value) if value else None)
 
 
-def pack_kick(kick: Kick) -> bytes:
-    return KICK + str(kick.epoch).encode() + SEP + kick.client_id.encode()
-
-
 def unpack_kick(data: bytes) -> Kick:
+    """``K epoch SEP client-id SEP claimant``, as the claim script publishes it."""
+    epoch, client_id, claimant = data[1:].split(SEP, 2)
+    return Kick(client_id.decode(), int(epoch), claimant.decode())
+
+
+def pack_released(client_id: str, epoch: int) -> bytes:
+    return RELEASED + str(epoch).encode() + SEP + client_id.encode()
+
+
+def unpack_released(data: bytes) -> tuple[str, int]:
     epoch, client_id = data[1:].split(SEP, 1)
-    return Kick(client_id.decode(), int(epoch))
+    return client_id.decode(), int(epoch)
+
+
+def pack_delivery_head(qos: int, retain: bool, subscription_ids: tuple[int, ...]) -> bytes:
+    """What precedes the packed message of a stored delivery: QoS, retain, subscription ids."""
+    ids = b"".join(i.to_bytes(4, "big") for i in subscription_ids)
+    return bytes((qos, retain, len(subscription_ids))) + ids
+
+
+def unpack_delivery(data: bytes, start: int = 0) -> Delivery:
+    qos, retain, count = data[start : start + 3]
+    at = start + 3
+    ids = tuple(int.from_bytes(data[at + 4 * i : at + 4 * i + 4], "big") for i in range(count))
+    return Delivery(unpack_message(data, at + 4 * count), qos, bool(retain), ids)
+
+
+def unpack_doorbell(data: bytes) -> Doorbell:
+    """``B seq SEP client-id SEP delivery``, as the enqueue script publishes it."""
+    seq, client_id, _ = data[1:].split(SEP, 2)
+    start = 1 + len(seq) + 1 + len(client_id) + 1
+    return Doorbell(client_id.decode(), int(seq), unpack_delivery(data, start))
+
+
+def pack_options(options: SubscriptionOptions) -> bytes:
+    flags = options.qos | options.no_local << 2 | options.retain_as_published << 3
+    flags |= options.retain_handling << 4
+    return bytes((flags,)) + (options.subscription_id or 0).to_bytes(4, "big")
+
+
+def unpack_options(data: bytes) -> SubscriptionOptions:
+    flags = data[0]
+    sid = int.from_bytes(data[1:5], "big")
+    return SubscriptionOptions(
+        flags & 3, bool(flags & 4), bool(flags & 8), (flags >> 4) & 3, sid or None
+    )
+
+
+def unpack_session_route_event(data: bytes) -> SessionRouteEvent:
+    """``P seq SEP client-id SEP options(5 bytes) filter`` (set) or ``p seq SEP client-id SEP
+    filter`` (removed), as the session route script publishes them."""
+    seq, client_id, rest = data[1:].split(SEP, 2)
+    options = None
+    if data[:1] == SESSION_ROUTE:
+        options, rest = unpack_options(rest[:5]), rest[5:]
+    return SessionRouteEvent(int(seq), client_id.decode(), rest.decode(), options)

@@ -13,6 +13,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from tests.redisserver import RedisServer
 
@@ -39,7 +41,7 @@ class Cluster:
         node = Node(
             self.directory,
             name,
-            *("--store", "memory", "--sys-interval", "0", "--http", "none"),
+            *("--sys-interval", "0", "--http", "none"),
             *("--cluster", self.redis.url, "--node-id", name, "--cluster-lease", str(LEASE)),
             *args,
             direct=True,
@@ -92,7 +94,7 @@ class Client:
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=version, **kwargs
         )
         client.on_message = lambda c, u, m: self.messages.put(m)
-        client.on_connect = lambda c, u, f, rc, p: self._on_connect(rc)
+        client.on_connect = lambda c, u, f, rc, p: self._on_connect(rc, f)
         client.on_disconnect = lambda c, u, f, rc, p: self.disconnects.put(rc)
         if will is not None:
             client.will_set(will[0], will[1], qos=1)
@@ -101,15 +103,23 @@ class Client:
         self.client = client
         self.port = port
         self.connack: object = None
+        self.connack_session_present = False
         if version == mqtt.MQTTv5:
-            client.connect("127.0.0.1", port, keepalive=30, clean_start=clean)
+            properties = None
+            if not clean:  # a session that outlives the connection
+                properties = Properties(PacketTypes.CONNECT)
+                properties.SessionExpiryInterval = 3600
+            client.connect(
+                "127.0.0.1", port, keepalive=30, clean_start=clean, properties=properties
+            )
         else:
             client.connect("127.0.0.1", port, keepalive=30)
         client.loop_start()
         assert self.connected.wait(TIMEOUT), f"{client_id} did not connect to {port}"
 
-    def _on_connect(self, rc) -> None:
+    def _on_connect(self, rc, flags) -> None:
         self.connack = rc
+        self.connack_session_present = bool(flags.session_present)
         self.connected.set()
 
     def subscribe(self, topic: str, qos: int = 1) -> None:

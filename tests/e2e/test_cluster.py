@@ -6,12 +6,17 @@ Plain (synchronous) tests: the nodes and Redis are separate processes, paho runs
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import Counter
+
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from mqtt_twisted.packets import Connect, Will, encode
 
-from .cluster import Client, RawMQTT, cluster, until_routed  # noqa: F401 (fixture)
+from .cluster import TIMEOUT, Client, RawMQTT, cluster, until_routed  # noqa: F401 (fixture)
 from .mqttclient import connect_packet
 
 VERSIONS = pytest.mark.parametrize(
@@ -199,3 +204,121 @@ def connect_packet_with_will(client_id: str, topic: str, payload: bytes) -> byte
     """A 3.1.1 CONNECT with a QoS 0 will."""
     will = Will(topic, payload, 0, False)
     return encode(Connect(client_id, 4, clean_start=True, keep_alive=30, will=will), 4)
+
+
+@VERSIONS
+def test_a_persistent_session_resumes_on_another_node_with_its_queued_messages(cluster, version):
+    a, b = cluster.node(), cluster.node()
+    subscriber = Client(a.direct_port, "keeper", version, clean=False)
+    subscriber.subscribe("p/#", 1)
+    publisher = Client(b.direct_port, "pub", version)
+    until_routed(publisher, subscriber, "p/probe")
+    subscriber.stop()
+    count = 200
+    for n in range(count):  # acknowledged once Redis holds it for the offline session
+        publisher.publish(f"p/{n % 5}", str(n).encode(), 1)
+    back = Client(b.direct_port, "keeper", version, clean=False)
+    assert back.connack_session_present  # [MQTT-3.2.2-2]
+    got = back.receive(count)
+    assert [m.payload for m in got] == [str(n).encode() for n in range(count)]
+    assert back.nothing_more()
+    # and the subscription came along: new messages still arrive, on node B now
+    publisher.publish("p/late", b"late", 1)
+    assert [m.payload for m in back.receive(1)] == [b"late"]
+
+
+class Numbered:
+    """Publishes "0", "1", ... on ``topic`` from a thread; remembers what was acknowledged."""
+
+    def __init__(self, port: int, client_id: str, topic: str, qos: int) -> None:
+        self.topic, self.qos = topic, qos
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.sent: list[mqtt.MQTTMessageInfo] = []
+        self._acked: set[int] = set()
+        self.client.on_publish = lambda c, u, mid, rc, p: self._acked.add(mid)
+        self.client.connect("127.0.0.1", port, keepalive=30)
+        self.client.loop_start()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set() and n < 20_000:
+            self.sent.append(self.client.publish(self.topic, str(n), qos=self.qos))
+            n += 1
+            time.sleep(0.002)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def acknowledged(self, timeout: float = 20.0) -> set[int]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(self._acked) < len(self.sent):
+            time.sleep(0.05)
+        return {n for n, info in enumerate(self.sent) if info.mid in self._acked}
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+def test_killing_the_node_of_a_persistent_subscriber_loses_nothing_acknowledged(cluster, qos):
+    """SIGKILL the node that holds a persistent subscriber mid-stream: the subscriber comes
+    back through HAProxy to another node and gets every message the publisher had a PUBACK
+    (PUBCOMP) for: QoS 1 at least once, QoS 2 exactly once, first arrivals in order."""
+    nodes = [cluster.node() for _ in range(3)]
+    front = cluster.front()
+    received: list[int] = []
+    probed = threading.Event()
+
+    def on_message(client, userdata, message) -> None:
+        if message.payload == b"probe":
+            probed.set()
+        else:
+            received.append(int(message.payload))
+
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="kept", clean_session=False)
+    sub.on_message = on_message
+    sub.reconnect_delay_set(0.1, 0.5)
+    sub.connect("127.0.0.1", front.port, keepalive=30)
+    sub.loop_start()
+    try:
+        subscribed = threading.Event()
+        sub.on_subscribe = lambda *args: subscribed.set()
+        sub.subscribe("kill/#", qos)
+        assert subscribed.wait(TIMEOUT)
+        holder = next(node for node in nodes if node.connected("kept"))
+        other = next(node for node in nodes if node is not holder)
+        probe = Client(other.direct_port, "probe")
+        deadline = time.monotonic() + TIMEOUT
+        while not probed.is_set():  # the subscription reaches the other nodes through Redis
+            assert time.monotonic() < deadline, "the subscription never reached the others"
+            probe.publish("kill/probe", b"probe", 1)
+            probed.wait(0.2)
+        publisher = Numbered(other.direct_port, "numbers", "kill/n", qos)
+        time.sleep(0.7)
+        holder.kill()
+        time.sleep(2.0)  # the subscriber comes back through HAProxy meanwhile
+        publisher.stop()
+        acked = publisher.acknowledged()
+        publisher.close()
+        assert len(acked) > 300, len(acked)  # the test did publish, before and after
+        deadline = time.monotonic() + 30
+        while not acked <= set(received) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        missing = acked - set(received)
+        assert not missing, f"acknowledged but lost: {sorted(missing)[:20]} of {len(acked)}"
+        firsts = list(dict.fromkeys(received))
+        assert firsts == sorted(firsts), "out of publish order"
+        if qos == 2:
+            twice = sorted(n for n, c in Counter(received).items() if c > 1)
+            assert not twice, f"QoS 2 delivered twice: {twice[:20]}"
+        survivors = [node for node in nodes if node is not holder]
+        assert any(node.connected("kept") for node in survivors)
+    finally:
+        sub.disconnect()
+        sub.loop_stop()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
+from mqtt_twisted.broker.entries import SubscriptionOptions
 from mqtt_twisted.broker.message import Message
 from mqtt_twisted.cluster.replica import Replica
 from mqtt_twisted.cluster.routes import RemoteRoutes
@@ -12,15 +14,22 @@ from mqtt_twisted.cluster.wire import (
     Kick,
     RetainedEvent,
     RouteEvent,
+    SessionRouteEvent,
+    pack_delivery_head,
     pack_forward,
-    pack_kick,
     pack_message,
+    pack_options,
+    pack_released,
     pack_retained_value,
+    unpack_doorbell,
     unpack_forward,
     unpack_kick,
     unpack_message,
+    unpack_options,
+    unpack_released,
     unpack_retained_event,
     unpack_route_event,
+    unpack_session_route_event,
 )
 from mqtt_twisted.packets import Property as P
 
@@ -91,10 +100,47 @@ def test_forward_round_trip(plain: bool, groups: tuple[str, ...]) -> None:
 
 
 @pytest.mark.parametrize("client_id", ["c1", "", "клиент/ü 1", "a" * 300])
-def test_kick_round_trip(client_id: str) -> None:
-    data = pack_kick(Kick(client_id, 42))
-    assert data[:1] == b"K"
-    assert unpack_kick(data) == Kick(client_id, 42)
+def test_kick_as_the_claim_script_publishes_it(client_id: str) -> None:
+    data = b"K42" + b"\x00" + client_id.encode() + b"\x00" + b"node-b"
+    assert unpack_kick(data) == Kick(client_id, 42, "node-b")
+
+
+@pytest.mark.parametrize("client_id", ["c1", "клиент/ü 1"])
+def test_released_round_trip(client_id: str) -> None:
+    assert unpack_released(pack_released(client_id, 7)) == (client_id, 7)
+
+
+@pytest.mark.parametrize("ids", [(), (1,), (5, 268435455)])
+@pytest.mark.parametrize("qos", [0, 1, 2])
+def test_a_doorbell_as_the_enqueue_script_publishes_it(ids, qos) -> None:
+    message = Message("a/ü", b"\x00payload", 2, True, {P.CONTENT_TYPE: "x"}, 12.5)
+    head = pack_delivery_head(qos, True, ids)
+    data = b"B" + b"17" + b"\x00" + b"cl/ient" + b"\x00" + head + pack_message(message)
+    bell = unpack_doorbell(data)
+    assert (bell.client_id, bell.seq) == ("cl/ient", 17)
+    delivery = bell.delivery
+    assert (delivery.qos, delivery.retain, delivery.subscription_ids) == (qos, True, ids)
+    assert fields(delivery.message) == fields(message)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        SubscriptionOptions(0),
+        SubscriptionOptions(2, True, True, 2, 268435455),
+        SubscriptionOptions(1, False, True, 1, None),
+    ],
+)
+def test_session_route_events_as_the_script_publishes_them(options) -> None:
+    packed = pack_options(options)
+    assert attrs.astuple(unpack_options(packed)) == attrs.astuple(options)
+    added = b"P9" + b"\x00" + b"cid" + b"\x00" + packed + "a/+/ü".encode()
+    event = unpack_session_route_event(added)
+    assert event[:3] == (9, "cid", "a/+/ü")
+    assert event.options is not None
+    assert attrs.astuple(event.options) == attrs.astuple(options)
+    removed = b"p10" + b"\x00" + b"cid" + b"\x00" + "a/+/ü".encode()
+    assert unpack_session_route_event(removed) == SessionRouteEvent(10, "cid", "a/+/ü", None)
 
 
 @pytest.mark.parametrize("kind", [b"S", b"U"])
