@@ -25,14 +25,11 @@ from mqtt_twisted.broker.entries import SubscriptionOptions
 from mqtt_twisted.broker.hooks import Refused
 from mqtt_twisted.broker.journal import Barrier, Journal
 from mqtt_twisted.broker.message import Message
-from mqtt_twisted.cluster import scripts
+from mqtt_twisted.cluster.membership import FAILED, RETRY_FIRST, Membership, quiet
 from mqtt_twisted.cluster.redis import (
     RedisAddress,
-    RedisConnectionLost,
     RedisProtocol,
     RedisSubscriber,
-    connect,
-    connect_subscriber,
 )
 from mqtt_twisted.cluster.replica import Replica
 from mqtt_twisted.cluster.routes import merge_deliveries
@@ -55,8 +52,6 @@ from mqtt_twisted.cluster.wire import (
     unpack_doorbell,
     unpack_forward,
     unpack_kick,
-    unpack_message,
-    unpack_options,
     unpack_released,
     unpack_retained_event,
     unpack_route_event,
@@ -66,33 +61,18 @@ from mqtt_twisted.packets import ConnackCode, ReasonCode
 
 log = Logger()
 
-#: seconds between attempts to reach Redis again, doubling up to the second figure
-RETRY_FIRST, RETRY_MAX = 0.5, 5.0
-_FAILED = object()
-
 
 def default_node_id() -> str:
     """Host name and process id: unique on a machine and across machines."""
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def _quiet(failure: Failure) -> object:
-    """A command's failure: a lost connection is handled once, elsewhere."""
-    if not failure.check(RedisConnectionLost):
-        log.failure("cluster command failed", failure)
-    return _FAILED
-
-
-def _timer_failed(failure: Failure) -> None:
-    log.failure("cluster timer failed", failure)
-
-
 def _fire(result: object, barrier: Barrier) -> None:
-    if result is not _FAILED:
+    if result is not FAILED:
         barrier.fire()
 
 
-class ClusterNode:
+class ClusterNode(Membership):
     """This process's place in the cluster; see the module docstring."""
 
     def __init__(
@@ -174,7 +154,7 @@ class ClusterNode:
             channel = channels.get(node)
             if channel is None:
                 channel = channels[node] = self.keys.channel(node).encode()
-            self._last = redis.execute(b"PUBLISH", channel, data + packed).addErrback(_quiet)
+            self._last = redis.execute(b"PUBLISH", channel, data + packed).addErrback(quiet)
         self.broker.stats.cluster_forwarded += len(nodes | groups.keys())
         return True
 
@@ -210,7 +190,7 @@ class ClusterNode:
         """Send ``data`` on ``node``'s channel (nothing if Redis is not there)."""
         if self._redis is not None:
             channel = self.keys.channel(node)
-            self._redis.execute(b"PUBLISH", channel, data).addErrback(_quiet)
+            self._redis.execute(b"PUBLISH", channel, data).addErrback(quiet)
 
     def barrier(self) -> Barrier | None:
         last = self._last
@@ -258,7 +238,7 @@ class ClusterNode:
         )
 
         def claimed(result: object) -> Deferred[int]:
-            if result is _FAILED:
+            if result is FAILED:
                 self._claim_done(client_id)
                 raise _unavailable()
             assert isinstance(result, list)
@@ -321,6 +301,9 @@ class ClusterNode:
     def adopted(self, client_id: str, epoch: int) -> None:
         self._epochs[client_id] = epoch
 
+    def forget_claim(self, client_id: str) -> None:
+        self._epochs.pop(client_id, None)
+
     # -- messages from the other nodes ------------------------------------------------------
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
@@ -352,282 +335,19 @@ class ClusterNode:
     def _retained(self, topic: str, message: Message | None) -> None:
         self.broker.apply_retained(topic, message)
 
-    # -- reading shared state -----------------------------------------------------------------
-
-    def _fetch_routes(self, node: str) -> None:
-        assert self._redis is not None
-        reading = self._redis.execute(b"HGETALL", self.keys.routes(node)).addErrback(_quiet)
-
-        def arrived(reply: object) -> None:
-            if reply is not _FAILED:
-                assert isinstance(reply, list)
-                fields = dict(zip(reply[::2], reply[1::2]))
-                self.replica.routes_snapshot(node, fields)
-
-        self._track(reading.addCallback(arrived))
-
-    def _fetch_retained(self) -> None:
-        keys = (self.keys.retained, self.keys.retained_seq)
-        reading = self._script("snapshot", keys, ())
-
-        def arrived(reply: object) -> None:
-            if reply is _FAILED:
-                return
-            assert isinstance(reply, list)
-            seq, flat = reply
-            messages = {
-                topic.decode(): unpack_message(value) for topic, value in zip(flat[::2], flat[1::2])
-            }
-            present = {topic for topic, _ in self.broker.retained.match("#")}
-            self.replica.retained_snapshot(int(seq), messages, present)
-
-        self._track(reading.addCallback(arrived))
-
-    def _fetch_session_routes(self) -> None:
-        reading = self._script("snapshot", (self.keys.psubs, self.keys.psubs_seq), ())
-
-        def arrived(reply: object) -> None:
-            if reply is _FAILED:
-                return
-            assert isinstance(reply, list)
-            seq, flat = reply
-            routes = {}
-            for field, value in zip(flat[::2], flat[1::2]):
-                client_id, topic_filter = field.split(SEP, 1)
-                routes[(client_id.decode(), topic_filter.decode())] = unpack_options(value)
-            present = self.replica.persistent_routes()
-            self.replica.session_routes.snapshot(int(seq), routes, present)
-
-        self._track(reading.addCallback(arrived))
-
-    def _track(self, reading: Deferred[Any]) -> None:
-        if self._startup is not None:
-            self._startup.append(reading)
-
     def _script(self, name: str, keys: Sequence[Any], args: Sequence[Any]) -> Deferred[Any]:
-        """Run a script; its failure is ``_FAILED`` (a lost connection is handled once, in
+        """Run a script; its failure is ``FAILED`` (a lost connection is handled once, in
         ``_lose``). Acknowledgements asked for from now on wait for it (``barrier``)."""
         redis = self._redis
         if redis is None:
-            return defer.succeed(_FAILED)
-        self._last = self._call(redis, name, keys, args).addErrback(_quiet)
+            return defer.succeed(FAILED)
+        self._last = self._call(redis, name, keys, args).addErrback(quiet)
         return self._last
 
     def _call(
         self, redis: RedisProtocol, name: str, keys: Sequence[Any], args: Sequence[Any]
     ) -> Deferred[Any]:
         return redis.execute(b"EVALSHA", self._shas[name], len(keys), *keys, *args)
-
-    # -- joining, leases, losing Redis ----------------------------------------------------------
-
-    def start(self) -> None:
-        """Connect to Redis and join the cluster (CONNECT is refused until then)."""
-        log.info(
-            "cluster node {node} joining through {redis}",
-            node=self.node_id,
-            redis=self.address.display,
-        )
-        self._join()
-
-    def _join(self) -> None:
-        self._retry_call = None
-        generation = self._generation
-        d = Deferred.fromCoroutine(self._connect_and_read())
-
-        def failed(failure: Failure) -> None:
-            if generation != self._generation or self._stopping:
-                return
-            log.error(
-                "cluster node {node}: cannot join through {redis}: {why}; retrying in {delay} s",
-                node=self.node_id,
-                redis=self.address.display,
-                why=failure.getErrorMessage(),
-                delay=self._retry,
-            )
-            self._drop_connections()
-            self._retry_later()
-
-        d.addErrback(failed)
-
-    async def _connect_and_read(self) -> None:
-        generation = self._generation
-        redis = await connect(self.reactor, self.address)
-        self._redis = redis
-        subscriber = await connect_subscriber(self.reactor, self.address, self._on_message)
-        self._subscriber = subscriber
-        redis.notify_lost().addCallback(self._lost, generation)
-        subscriber.notify_lost().addCallback(self._lost, generation)
-        loads = [redis.execute(b"SCRIPT", b"LOAD", source) for source in scripts.ALL.values()]
-        for name, loading in zip(scripts.ALL, loads):
-            self._shas[name] = await loading
-        await subscriber.subscribe(self.keys.all, self._own_channel)
-        keys = self.keys
-        lease = (keys.lease(self.node_id), keys.nodes)
-        await self._call(redis, "heartbeat", lease, self._lease_args())
-        self._renewed_at = self.reactor.seconds()
-        left = await self._call(redis, "reap", (keys.nodes,), (keys.prefix, self.node_id, "1"))
-        self._counts = {}
-        for session in self.broker.sessions.values():
-            for topic_filter in session.subscriptions:
-                self._counts[topic_filter] = self._counts.get(topic_filter, 0) + 1
-        routes = (keys.routes(self.node_id), keys.all)
-        await self._call(redis, "rewrite", routes, (self.node_id, *self._counts))
-        self._startup = []
-        self.replica.reset()
-        self._members(await redis.execute(b"SMEMBERS", keys.nodes))
-        for node in self.nodes:
-            self.replica.refresh_node(node)
-        self.replica.refresh_retained()
-        self.replica.session_routes.refresh()
-        reads, self._startup = self._startup, None
-        await defer.gatherResults(reads)
-        if generation != self._generation:
-            return
-        self.ready = True
-        self._retry = RETRY_FIRST
-        log.info(
-            "cluster node {node} joined: {nodes} nodes, {routes} remote routes",
-            node=self.node_id,
-            nodes=len(self.nodes),
-            routes=len(self.replica.routes),
-        )
-        self._publish_wills(left)
-        for call, interval in ((self._heartbeat, self.lease / 4), (self._reap, self.lease / 2)):
-            loop = task.LoopingCall(call)
-            loop.clock = self.reactor
-            loop.start(interval, now=False).addErrback(_timer_failed)
-            self._loops.append(loop)
-
-    def _lease_args(self, join: bool = True) -> tuple[Any, ...]:
-        return (self.node_id, int(self.lease * 1000), "join" if join else "renew")
-
-    def _heartbeat(self) -> None:
-        if self.reactor.seconds() - self._renewed_at > self.lease / 2:
-            self._lose("Redis did not answer for half a lease")
-            return
-        keys = self.keys
-        renewing = self._script(
-            "heartbeat", (keys.lease(self.node_id), keys.nodes), self._lease_args(join=False)
-        )
-        generation = self._generation
-
-        def renewed(result: object) -> None:
-            if result is _FAILED or generation != self._generation:
-                return
-            if result == 0:
-                self._lose("the other nodes declared this node dead (its lease expired)")
-                return
-            self._renewed_at = self.reactor.seconds()
-
-        renewing.addCallback(renewed)
-
-    def _reap(self) -> None:
-        keys = self.keys
-        self._script("reap", (keys.nodes,), (keys.prefix, self.node_id, "0")).addCallback(
-            self._publish_wills
-        )
-        members = self._redis.execute(b"SMEMBERS", keys.nodes) if self._redis else None
-        if members is not None:
-            members.addCallback(self._members).addErrback(_quiet)
-
-    def _members(self, members: list[bytes]) -> None:
-        self.nodes = sorted(member.decode() for member in members)
-
-    def _publish_wills(self, reaped: object) -> None:
-        """Publish the wills of dead nodes' clients (and of this node's dropped ones) and
-        adopt their persistent sessions."""
-        if reaped is _FAILED or not reaped:
-            return
-        assert isinstance(reaped, list)
-        for node, flat, sessions in zip(reaped[::3], reaped[1::3], reaped[2::3]):
-            wills = [unpack_message(value.split(SEP, 1)[1]) for value in flat[1::2]]
-            dead = node.decode()
-            if dead != self.node_id:
-                log.warn(
-                    "cluster node {dead} left (its lease expired): publishing {count} wills, "
-                    "taking {sessions} persistent sessions",
-                    dead=dead,
-                    count=len(wills),
-                    sessions=len(sessions),
-                )
-            for will in wills:
-                self.broker.publish(will)
-            self.sessions.adopt(dead, [client_id.decode() for client_id in sessions])
-
-    def _lost(self, lost: RedisConnectionLost, generation: int) -> None:
-        if generation == self._generation:
-            self._lose(str(lost))
-
-    def _lose(self, why: str) -> None:
-        """Stop acknowledging: drop every client, refuse CONNECT, reconnect."""
-        was_ready = self.ready
-        self.ready = False
-        self._generation += 1
-        self._drop_connections()
-        if self._stopping:
-            return
-        log.error(
-            "cluster node {node} lost Redis at {redis}: {why}; clients disconnected, "
-            "nothing acknowledged until it is back",
-            node=self.node_id,
-            redis=self.address.display,
-            why=why,
-        )
-        if was_ready:
-            self.broker.drop_clients()
-        self._retry_later()
-
-    def _drop_connections(self) -> None:
-        for loop in self._loops:
-            if loop.running:
-                loop.stop()
-        self._loops = []
-        self._last = None
-        for connection in (self._redis, self._subscriber):
-            if connection is not None:
-                connection.abort()
-        self._redis = self._subscriber = None
-
-    def _retry_later(self) -> None:
-        if self._retry_call is None and not self._stopping:
-            self._retry_call = self.reactor.callLater(self._retry, self._join)
-            self._retry = min(self._retry * 2, RETRY_MAX)
-
-    def flush(self, timeout: float = 10.0) -> Deferred[None]:
-        """Fires once everything the journal recorded is in Redis (or after ``timeout``)."""
-        barrier = self.journal.barrier()
-        done: Deferred[None] = Deferred()
-        if barrier is None or not self.ready:
-            done.callback(None)
-            return done
-
-        def committed() -> None:
-            if not done.called:
-                done.callback(None)
-
-        barrier.when_committed(committed)
-        return done.addTimeout(timeout, self.reactor)
-
-    def stop(self) -> Deferred[None]:
-        """Leave the cluster: routes and lease go, so the others stop forwarding here."""
-        self._stopping = True
-        if self._retry_call is not None and self._retry_call.active():
-            self._retry_call.cancel()
-        redis, keys = self._redis, self.keys
-        if not self.ready or redis is None:
-            self._drop_connections()
-            return defer.succeed(None)
-        self.ready = False
-        node = self.node_id
-        # Still a member without a lease: the next look for dead nodes (by a survivor, or by
-        # this node started again) adopts its persistent sessions. Its routes go at once.
-        redis.execute(b"DEL", keys.lease(node), keys.routes(node), keys.stats(node))
-        redis.execute(b"DEL", keys.wills(node)).addErrback(_quiet)
-        last = redis.execute(b"PUBLISH", keys.all, b"X0" + SEP + node.encode() + SEP)
-        last.addErrback(_quiet)
-        last.addTimeout(2.0, self.reactor)
-        last.addBoth(lambda _: self._drop_connections())
-        return last
 
 
 def _unavailable() -> Refused:

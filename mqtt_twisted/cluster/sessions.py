@@ -149,6 +149,17 @@ class SessionMoves:
 
     # -- a dead node's sessions ---------------------------------------------------------
 
+    def reload_local(self) -> None:
+        """After Redis came back: doorbells may have been lost meanwhile, so the persistent
+        sessions held here are read again from Redis (those another node took meanwhile
+        are let go)."""
+        for client_id, session in list(self.broker.sessions.items()):
+            if session.journal is None or session.connection is not None:
+                continue
+            self.broker.moved(client_id)
+            self.node.forget_claim(client_id)
+            self.adopt(self.node.node_id, [client_id])
+
     def adopt(self, dead: str, client_ids: list[str]) -> None:
         """Hold the persistent sessions of ``dead`` here until their clients come back."""
         for client_id in client_ids:

@@ -322,3 +322,30 @@ def test_killing_the_node_of_a_persistent_subscriber_loses_nothing_acknowledged(
     finally:
         sub.disconnect()
         sub.loop_stop()
+
+
+def test_killing_and_restarting_redis_loses_nothing_acknowledged(cluster):
+    """Redis (appendonly yes) killed with SIGKILL and started again: the nodes drop their
+    clients, refuse CONNECT meanwhile, come back by themselves; a persistent subscriber
+    then gets every message its publisher had a PUBACK for, before and after."""
+    a, b = cluster.node(), cluster.node()
+    subscriber = Client(a.direct_port, "durable", clean=False)
+    subscriber.subscribe("aof/#", 1)
+    publisher = Client(b.direct_port, "before")
+    until_routed(publisher, subscriber, "aof/probe")
+    subscriber.stop()
+    for n in range(100):
+        publisher.publish("aof/n", str(n).encode(), 1)
+    publisher.stop()
+    cluster.redis.kill()
+    cluster.redis.start()
+    for node in (a, b):
+        node.wait_for_log(f"cluster node {node.name} joined", count=2, timeout=20)
+    publisher = Client(b.direct_port, "after")
+    for n in range(100, 200):
+        publisher.publish("aof/n", str(n).encode(), 1)
+    back = Client(b.direct_port, "durable", clean=False)
+    assert back.connack_session_present
+    got = [int(m.payload) for m in back.receive(200, timeout=15)]
+    assert got == list(range(200))
+    assert back.nothing_more()
