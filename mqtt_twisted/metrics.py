@@ -7,12 +7,15 @@ pays nothing for them. The PUBLISH handling histogram is sampled (one PUBLISH in
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from twisted.web.resource import Resource
 
-from mqtt_twisted.broker import Broker
+from mqtt_twisted.broker import Broker, BrokerStats
+from mqtt_twisted.broker.clusterlink import ClusterFigures
 
 #: counters exported as mqtt_<name>_total, from BrokerStats fields
 COUNTERS = {
@@ -97,6 +100,9 @@ class BrokerCollector:
             if session.dropped:
                 dropped.add_metric([session.client_id], session.dropped)
         yield dropped
+        cluster = broker.cluster
+        if cluster is not None:
+            yield from _cluster_metrics(cluster.figures(), stats)
         journal = broker.journal
         if journal is not None:
             commits = CounterMetricFamily("mqtt_store_commits", "store transactions committed")
@@ -110,6 +116,29 @@ class BrokerCollector:
             )
             failing.add_metric([], int(journal.failing))
             yield failing
+
+
+def _cluster_metrics(figures: ClusterFigures, stats: BrokerStats) -> Iterator[Metric]:
+    """This node in the cluster, and the cluster's totals as the nodes last reported."""
+    gauges = {
+        "cluster_up": (int(figures.up), "1 while this node is in the cluster and acknowledging"),
+        "cluster_nodes": (figures.nodes, "nodes alive in the cluster"),
+        "cluster_clients_connected": (figures.clients_connected, "clients on every node"),
+    }
+    for name, (value, doc) in gauges.items():
+        metric = GaugeMetricFamily(f"mqtt_{name}", doc, labels=["node"])
+        metric.add_metric([figures.node_id], value)
+        yield metric
+    counters = {
+        "cluster_publish_received": (figures.publish_received, "PUBLISH received, every node"),
+        "cluster_publish_sent": (figures.publish_sent, "PUBLISH sent, every node"),
+        "cluster_forwarded": (stats.cluster_forwarded, "messages this node sent to others"),
+        "cluster_received": (stats.cluster_received, "messages this node got from others"),
+    }
+    for name, (value, doc) in counters.items():
+        counter = CounterMetricFamily(f"mqtt_{name}", doc, labels=["node"])
+        counter.add_metric([figures.node_id], value)
+        yield counter
 
 
 class MetricsResource(Resource):

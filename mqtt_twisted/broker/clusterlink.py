@@ -9,7 +9,7 @@ transport-free.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from twisted.internet.defer import Deferred
 
@@ -23,6 +23,19 @@ if TYPE_CHECKING:
 #: a persistent session's deliveries numbered below this were stored by publishers' nodes;
 #: those it records itself (retained messages on SUBSCRIBE) are numbered from here
 LOCAL_SEQ_BASE = 1 << 40
+
+
+class ClusterFigures(NamedTuple):
+    """This node's view of the cluster, for ``$SYS/broker/cluster/...`` and /metrics;
+    totals as the nodes last reported them (every half lease)."""
+
+    node_id: str
+    #: connected to Redis, shared state read: acknowledging
+    up: bool
+    nodes: int
+    clients_connected: int
+    publish_received: int
+    publish_sent: int
 
 
 class ClusterLink(Protocol):
@@ -67,3 +80,6 @@ class ClusterLink(Protocol):
 
     def session_ended(self, client_id: str) -> None:
         """The client's session ended here: the client id is free."""
+
+    def figures(self) -> ClusterFigures:
+        """The cluster's totals as last reported (see :class:`ClusterFigures`)."""

@@ -115,6 +115,17 @@ class SysTopics:
         if journal is not None:  # --store sqlite: commits of durable state so far
             values["store/commits"] = str(journal.commits)
             values["store/rows"] = str(journal.rows)
+        cluster = broker.cluster
+        if cluster is not None:  # this node's view of the whole cluster
+            figures = cluster.figures()
+            values["cluster/node"] = figures.node_id
+            values["cluster/state"] = "up" if figures.up else "down: not acknowledging"
+            values["cluster/nodes"] = str(figures.nodes)
+            values["cluster/clients/connected"] = str(figures.clients_connected)
+            values["cluster/publish/messages/received"] = str(figures.publish_received)
+            values["cluster/publish/messages/sent"] = str(figures.publish_sent)
+            values["cluster/forwarded"] = str(stats.cluster_forwarded)
+            values["cluster/received"] = str(stats.cluster_received)
         values.update(self._loads())
         return values
 

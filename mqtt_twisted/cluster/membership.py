@@ -76,6 +76,7 @@ class Membership:
     _stopping: bool
     _generation: int
     _startup: list[Deferred[Any]] | None
+    _totals: dict[bytes, int]
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
         raise NotImplementedError
@@ -258,6 +259,35 @@ class Membership:
 
     def _members(self, members: list[bytes]) -> None:
         self.nodes = sorted(member.decode() for member in members)
+        self._exchange_figures()
+
+    def _exchange_figures(self) -> None:
+        """Put this node's figures in Redis (kept for a few leases) and sum everyone's."""
+        redis = self._redis
+        if redis is None:
+            return
+        stats = self.broker.stats
+        own = self.keys.stats(self.node_id)
+        redis.execute(
+            b"HSET",
+            own,
+            b"connected",
+            self.broker.connected,
+            b"received",
+            stats.publish_received,
+            b"sent",
+            stats.publish_sent,
+        ).addErrback(quiet)
+        redis.execute(b"PEXPIRE", own, int(self.lease * 3000)).addErrback(quiet)
+        readings = [redis.execute(b"HGETALL", self.keys.stats(node)) for node in self.nodes]
+        defer.gatherResults(readings).addCallbacks(self._sum_figures, lambda _: None)
+
+    def _sum_figures(self, replies: list[list[bytes]]) -> None:
+        totals: dict[bytes, int] = {}
+        for flat in replies:
+            for name, value in zip(flat[::2], flat[1::2]):
+                totals[name] = totals.get(name, 0) + int(value)
+        self._totals = totals
 
     def _publish_wills(self, reaped: object) -> None:
         """Publish the wills of dead nodes' clients (and of this node's dropped ones) and

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mqtt_twisted.broker import Broker, Session
+from mqtt_twisted.broker.clusterlink import ClusterFigures
 from mqtt_twisted.broker.entries import SubscriptionOptions
 from mqtt_twisted.broker.hooks import Refused
 from mqtt_twisted.broker.journal import Barrier, Journal
@@ -125,6 +126,8 @@ class ClusterNode(Membership):
         self._stopping = False
         self._generation = 0
         self._startup: list[Deferred[Any]] | None = None
+        #: the cluster's totals, summed from every node's figures in Redis
+        self._totals: dict[bytes, int] = {}
 
     # -- ClusterLink: what the broker core calls -----------------------------------------
 
@@ -185,6 +188,17 @@ class ClusterNode(Membership):
         if self.ready:
             keys = (self.keys.psubs, self.keys.psubs_seq, self.keys.all)
             self._script("session_route", keys, (client_id, topic_filter, options))
+
+    def figures(self) -> ClusterFigures:
+        totals = self._totals
+        return ClusterFigures(
+            self.node_id,
+            self.ready,
+            len(self.nodes),
+            totals.get(b"connected", self.broker.connected),
+            totals.get(b"received", self.broker.stats.publish_received),
+            totals.get(b"sent", self.broker.stats.publish_sent),
+        )
 
     def publish_to(self, node: str, data: bytes) -> None:
         """Send ``data`` on ``node``'s channel (nothing if Redis is not there)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 from collections import Counter
 
 import paho.mqtt.client as mqtt
@@ -16,6 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from mqtt_twisted.packets import Connect, Will, encode
 
+from .browser import free_port
 from .cluster import TIMEOUT, Client, RawMQTT, cluster, until_routed  # noqa: F401 (fixture)
 from .mqttclient import connect_packet
 
@@ -349,3 +351,30 @@ def test_killing_and_restarting_redis_loses_nothing_acknowledged(cluster):
     got = [int(m.payload) for m in back.receive(200, timeout=15)]
     assert got == list(range(200))
     assert back.nothing_more()
+
+
+def test_sys_topics_and_metrics_show_the_node_and_the_cluster_totals(cluster):
+    http = free_port()
+    a = cluster.node("--sys-interval", "1", "--http", f"tcp:{http}:interface=127.0.0.1")
+    b = cluster.node("--sys-interval", "1")
+    watcher = Client(a.direct_port, "watcher")
+    others = [Client(b.direct_port, f"c{i}") for i in range(3)]
+    watcher.subscribe("$SYS/broker/cluster/#", 0)
+    wanted = {
+        "$SYS/broker/cluster/node": b"n0",
+        "$SYS/broker/cluster/state": b"up",
+        "$SYS/broker/cluster/nodes": b"2",
+        "$SYS/broker/cluster/clients/connected": b"4",  # 1 on n0, 3 on n1
+    }
+    seen: dict[str, bytes] = {}
+    deadline = time.monotonic() + 15
+    while any(seen.get(k) != v for k, v in wanted.items()) and time.monotonic() < deadline:
+        for message in watcher.receive(1, 0.5):
+            seen[message.topic] = message.payload
+    assert {k: seen.get(k) for k in wanted} == wanted
+    text = urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5).read().decode()
+    assert 'mqtt_cluster_up{node="n0"} 1.0' in text
+    assert 'mqtt_cluster_nodes{node="n0"} 2.0' in text
+    assert 'mqtt_cluster_clients_connected{node="n0"} 4.0' in text
+    for client in others:
+        client.stop()
