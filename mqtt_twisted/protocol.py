@@ -511,6 +511,8 @@ class MQTTProtocol(OutputFlow, PublishFlow, Protocol):
         codes = self.broker.subscribe(session, requests, subscription_id)
         if self._journal_changes() != changes:
             self.await_commit()
+        if self.broker.cluster is not None:
+            self._await_cluster()  # SUBACK once the other nodes know the subscription
         if v5:
             wire_codes = [ReasonCode.TOPIC_FILTER_INVALID if c == 0x80 else c for c in codes]
         else:  # 3.x has one failure code [MQTT-3.9.3-2]
@@ -525,6 +527,8 @@ class MQTTProtocol(OutputFlow, PublishFlow, Protocol):
         codes = self.broker.unsubscribe(session, packet.topic_filters)
         if self._journal_changes() != changes:
             self.await_commit()
+        if self.broker.cluster is not None:
+            self._await_cluster()
         if self.protocol_level == MQTT_5:
             codes = [
                 ReasonCode.TOPIC_FILTER_INVALID

@@ -19,6 +19,7 @@ from mqtt_twisted.broker.message import Message
 
 if TYPE_CHECKING:
     from mqtt_twisted.broker.session import Session
+    from mqtt_twisted.broker.shared import SharedGroup
 
 #: a persistent session's deliveries numbered below this were stored by publishers' nodes;
 #: those it records itself (retained messages on SUBSCRIBE) are numbered from here
@@ -42,9 +43,14 @@ class ClusterLink(Protocol):
     """The other nodes, as the broker core sees them."""
 
     def forward(self, message: Message, origin: Session | None) -> bool:
-        """Send ``message`` to the nodes with matching subscriptions (shared groups with a
-        member here are served here) and store it for the persistent sessions it matches.
-        Returns whether anything matched."""
+        """Send ``message`` to the nodes with matching subscriptions and store it for the
+        persistent sessions it matches; shared groups take turns between this node's
+        members (``Broker.deliver_shared``) and other nodes'. Returns whether anything
+        matched (local plain subscriptions are the broker's)."""
+
+    def hand_over(self, group: SharedGroup, message: Message) -> bool:
+        """A shared group's message its member here did not take (it went away): to a
+        member on another node. False if no other node has one."""
 
     def barrier(self) -> Barrier | None:
         """Fires once every message forwarded so far reached the cluster (None: nothing

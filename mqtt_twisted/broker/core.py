@@ -94,7 +94,7 @@ class Broker:
                 self._deliver_merged(message, matches, None)
         for share_filter in groups:
             group = self.shared.group(share_filter)
-            if group is None or not self._deliver_shared(group, message):
+            if group is None or not self.deliver_shared(group, message):
                 self.stats.publish_dropped += 1
 
     def apply_retained(self, topic: str, message: Message | None) -> None:
@@ -238,8 +238,16 @@ class Broker:
                 self._save_session(session, self.clock.seconds())
         if will is not None:
             self.publish(self.will_message(will))
+        cluster = self.cluster
         for item in handover:
-            if not self._deliver_shared(item.group, item.message):
+            group = item.group
+            if (
+                cluster is not None
+                and not group.connected()
+                and cluster.hand_over(group, item.message)
+            ):
+                continue  # to a member on another node
+            if not self.deliver_shared(group, item.message):
                 self.stats.publish_dropped += 1
 
     def will_message(self, will: Will) -> Message:
@@ -362,13 +370,13 @@ class Broker:
                     )
             else:
                 self._deliver_merged(message, matches, origin)
+        cluster = self.cluster
+        if cluster is not None:  # it takes turns with the other nodes' shared group members
+            return cluster.forward(message, origin) or matched
         if self.shared.groups:
             for groups in self.shared.match(message.topic):
                 for group in groups:
-                    matched = self._deliver_shared(group, message, origin) or matched
-        cluster = self.cluster
-        if cluster is not None:
-            matched = cluster.forward(message, origin) or matched
+                    matched = self.deliver_shared(group, message, origin) or matched
         return matched
 
     def _deliver_merged(self, message: Message, matches: list, origin: Session | None) -> None:
@@ -403,7 +411,7 @@ class Broker:
                 origin,
             )
 
-    def _deliver_shared(self, group, message: Message, origin: Session | None = None) -> bool:
+    def deliver_shared(self, group, message: Message, origin: Session | None = None) -> bool:
         """Give ``message`` to one member of a shared group; False if the group is empty."""
         member = group.pick()
         if member is None:

@@ -34,6 +34,14 @@ class SharedGroup:
         if self.members.pop(session, None) is not None:
             self._order.remove(session)
 
+    @property
+    def share_filter(self) -> str:
+        return f"$share/{self.name}/{self.topic_filter}"
+
+    def connected(self) -> bool:
+        """Whether any member's client is connected."""
+        return any(session.connection is not None for session in self._order)
+
     def pick(self) -> tuple[Session, SubscriptionOptions] | None:
         """The next member in turn, preferring connected ones; None if the group is empty."""
         order = self._order

@@ -77,6 +77,7 @@ class Membership:
     _generation: int
     _startup: list[Deferred[Any]] | None
     _totals: dict[bytes, int]
+    _echoes: dict[tuple[bytes, int], Deferred[object]]
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
         raise NotImplementedError
@@ -339,6 +340,7 @@ class Membership:
                 loop.stop()
         self._loops = []
         self._last = None
+        self._echoes.clear()  # never heard: what waits for them is dropped with its client
         for connection in (self._redis, self._subscriber):
             if connection is not None:
                 connection.abort()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from twisted.internet import defer, task
@@ -26,6 +26,7 @@ from mqtt_twisted.broker.entries import SubscriptionOptions
 from mqtt_twisted.broker.hooks import Refused
 from mqtt_twisted.broker.journal import Barrier, Journal
 from mqtt_twisted.broker.message import Message
+from mqtt_twisted.broker.shared import SharedGroup
 from mqtt_twisted.cluster.membership import FAILED, RETRY_FIRST, Membership, quiet
 from mqtt_twisted.cluster.redis import (
     RedisAddress,
@@ -126,6 +127,8 @@ class ClusterNode(Membership):
         self._stopping = False
         self._generation = 0
         self._startup: list[Deferred[Any]] | None = None
+        #: own route events awaited (SUBACK waits for them), by kind and number
+        self._echoes: dict[tuple[bytes, int], Deferred[object]] = {}
         #: the cluster's totals, summed from every node's figures in Redis
         self._totals: dict[bytes, int] = {}
 
@@ -133,15 +136,26 @@ class ClusterNode(Membership):
 
     def forward(self, message: Message, origin: Session | None) -> bool:
         topic = message.topic
-        if topic[:4] == "$SYS":
-            return False  # each node's own figures
+        broker = self.broker
+        local = {}
+        if broker.shared.groups:
+            local = {g.share_filter: g for found in broker.shared.match(topic) for g in found}
+        if topic[:4] == "$SYS":  # each node's own figures, for its own clients
+            return self._sys_here(message, local.values())
         stored = self._store_for_sessions(message, origin)
         routes = self.replica.routes
         nodes = routes.nodes_for(topic)
         groups: dict[str, list[str]] = {}
         for group in routes.groups_for(topic):
-            if self.broker.shared.group(group.share_filter) is None:  # none here: remote
-                groups.setdefault(group.pick(), []).append(group.share_filter)
+            here = local.pop(group.share_filter, None)
+            node = group.pick(here is not None)
+            if node is None:
+                assert here is not None
+                stored = broker.deliver_shared(here, message, origin) or stored
+            else:
+                groups.setdefault(node, []).append(group.share_filter)
+        for here in local.values():  # no member elsewhere
+            stored = broker.deliver_shared(here, message, origin) or stored
         if not nodes and not groups:
             return stored
         redis = self._redis
@@ -160,6 +174,21 @@ class ClusterNode(Membership):
             self._last = redis.execute(b"PUBLISH", channel, data + packed).addErrback(quiet)
         self.broker.stats.cluster_forwarded += len(nodes | groups.keys())
         return True
+
+    def _sys_here(self, message: Message, groups: Iterable[SharedGroup]) -> bool:
+        """``$SYS`` goes to this node's clients only: its persistent sessions' matching
+        subscriptions (not stored: the figures come again) and its shared groups."""
+        broker = self.broker
+        matched = False
+        matches = self.replica.persistent.match(message.topic)
+        for client_id, (qos, retain, ids) in merge_deliveries(message, matches, None).items():
+            session = broker.sessions.get(client_id)
+            if session is not None:
+                session.deliver(message, qos, retain, ids)
+                matched = True
+        for group in groups:
+            matched = broker.deliver_shared(group, message) or matched
+        return matched
 
     def _store_for_sessions(self, message: Message, origin: Session | None) -> bool:
         """Store ``message`` for the persistent sessions it matches (any node's): one
@@ -187,7 +216,8 @@ class ClusterNode(Membership):
     def _session_route(self, client_id: str, topic_filter: str, options: bytes) -> None:
         if self.ready:
             keys = (self.keys.psubs, self.keys.psubs_seq, self.keys.all)
-            self._script("session_route", keys, (client_id, topic_filter, options))
+            announcing = self._script("session_route", keys, (client_id, topic_filter, options))
+            self._last = announcing.addCallback(self._echo, b"P")
 
     def figures(self) -> ClusterFigures:
         totals = self._totals
@@ -205,6 +235,19 @@ class ClusterNode(Membership):
         if self._redis is not None:
             channel = self.keys.channel(node)
             self._redis.execute(b"PUBLISH", channel, data).addErrback(quiet)
+
+    def hand_over(self, group: SharedGroup, message: Message) -> bool:
+        remote = self.replica.routes.group(group.share_filter)
+        if remote is None or not self.ready or self._redis is None:
+            return False
+        node = remote.pick()
+        assert node is not None
+        names = group.share_filter.encode()
+        data = b"".join((FORWARD, b"-", len(names).to_bytes(4, "big"), names))
+        channel = self.keys.channel(node)
+        self._redis.execute(b"PUBLISH", channel, data + pack_message(message)).addErrback(quiet)
+        self.broker.stats.cluster_forwarded += 1
+        return True
 
     def barrier(self) -> Barrier | None:
         last = self._last
@@ -232,7 +275,24 @@ class ClusterNode(Membership):
     def _announce(self, kind: bytes, topic_filter: str) -> None:
         if self.ready:
             routes = self.keys.routes(self.node_id)
-            self._script("route", (routes, self.keys.all), (kind, self.node_id, topic_filter))
+            announcing = self._script(
+                "route", (routes, self.keys.all), (kind, self.node_id, topic_filter)
+            )
+            self._last = announcing.addCallback(self._echo, b"S")
+
+    def _echo(self, seq: object, kind: bytes) -> object:
+        """Wait until this node hears its own route event: every node's subscriber
+        connection got it then, so SUBACK is sent once the others (practically) know."""
+        if seq is FAILED:
+            return FAILED
+        heard: Deferred[object] = Deferred()
+        self._echoes[(kind, int(seq))] = heard  # type: ignore[call-overload]
+        return heard
+
+    def _heard(self, kind: bytes, seq: int) -> None:
+        heard = self._echoes.pop((kind, seq), None)
+        if heard is not None:
+            heard.callback(None)
 
     def retain(self, message: Message) -> None:
         if self.ready:
@@ -334,9 +394,16 @@ class ClusterNode(Membership):
         elif kind == RELEASED:
             self.sessions.released(unpack_released(data)[0])
         elif kind == SESSION_ROUTE or kind == SESSION_UNROUTE:
-            self.replica.session_route_event(unpack_session_route_event(data))
+            event = unpack_session_route_event(data)
+            self.replica.session_route_event(event)
+            if self._echoes:
+                self._heard(b"P", event.seq)
         else:
-            self.replica.route_event(unpack_route_event(data))
+            route = unpack_route_event(data)
+            if route.node == self.node_id:
+                self._heard(b"S", route.seq)
+            else:
+                self.replica.route_event(route)
 
     def _kick(self, kick: Kick) -> None:
         client_id, epoch, claimant = kick

@@ -25,12 +25,13 @@ class RemoteGroup:
         self.nodes: list[str] = []
         self._next = 0
 
-    def pick(self) -> str:
-        """The next node in turn (the group is never empty while in the tree)."""
+    def pick(self, here: bool = False) -> str | None:
+        """The next node in turn (the group is never empty while in the tree); with
+        ``here`` (this node has members too) this node takes turns with them: None."""
         nodes = self.nodes
-        node = nodes[self._next % len(nodes)]
+        turn = self._next % (len(nodes) + here)
         self._next += 1
-        return node
+        return None if turn == len(nodes) else nodes[turn]
 
 
 class RemoteRoutes:
@@ -104,6 +105,10 @@ class RemoteRoutes:
         for nodes in self._plain.match(topic):
             found.update(nodes)
         return found
+
+    def group(self, share_filter: str) -> RemoteGroup | None:
+        """The group of ``$share/NAME/FILTER`` if other nodes have members."""
+        return self._groups.get(share_filter)
 
     def groups_for(self, topic: str) -> list[RemoteGroup]:
         """Shared groups with members on other nodes whose filter matches ``topic``."""

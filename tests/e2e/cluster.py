@@ -37,6 +37,14 @@ class Cluster:
 
     def node(self, *args: str) -> Node:
         """Start one more node (``n0``, ``n1``...) with these extra options."""
+        return self.make_node(*args).start()
+
+    def start_nodes(self, count: int, *args: str) -> list[Node]:
+        """Start ``count`` nodes at once."""
+        made = [self.make_node(*args).launch() for _ in range(count)]
+        return [node.wait_ready() for node in made]
+
+    def make_node(self, *args: str) -> Node:
         name = f"n{len(self.nodes)}"
         node = Node(
             self.directory,
@@ -48,7 +56,7 @@ class Cluster:
             ready=f"cluster node {name} joined",
         )
         self.nodes.append(node)
-        return node.start()
+        return node
 
     def front(self) -> HAProxy:
         """HAProxy in front of every node started so far."""

@@ -36,48 +36,54 @@ class Node:
 
     def start(self) -> Node:
         """Start (again on the same ports once it has started before)."""
+        return self.launch().wait_ready()
+
+    def launch(self) -> Node:
+        """Start the process; ``wait_ready`` waits until it serves."""
+        if not self.port:
+            self.port = free_port()
+            self.direct_port = free_port() if self.direct else 0
+        self.log_path.unlink(missing_ok=True)
+        listeners = ["--mqtt", f"haproxy:tcp:{self.port}:interface=127.0.0.1"]
+        if self.direct:
+            listeners += ["--mqtt", f"tcp:{self.direct_port}:interface=127.0.0.1"]
+        with open(self.directory / "stdout.txt", "ab") as stdout:
+            self.process = subprocess.Popen(
+                [
+                    str(TWISTD),
+                    "-n",
+                    "--pidfile=",
+                    f"--logfile={self.log_path}",
+                    "mqtt",
+                    *listeners,
+                    *self.args,
+                ],
+                cwd=self.directory,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def wait_ready(self) -> Node:
         deadline = time.monotonic() + START_TIMEOUT
-        fixed = bool(self.port)
-        while True:  # a free port can be taken by someone else before twistd binds it
-            if not fixed:
-                self.port = free_port()
-                self.direct_port = free_port() if self.direct else 0
-            self.log_path.unlink(missing_ok=True)
-            listeners = ["--mqtt", f"haproxy:tcp:{self.port}:interface=127.0.0.1"]
-            if self.direct:
-                listeners += ["--mqtt", f"tcp:{self.direct_port}:interface=127.0.0.1"]
-            with open(self.directory / "stdout.txt", "ab") as stdout:
-                process = subprocess.Popen(
-                    [
-                        str(TWISTD),
-                        "-n",
-                        "--pidfile=",
-                        f"--logfile={self.log_path}",
-                        "mqtt",
-                        *listeners,
-                        *self.args,
-                    ],
-                    cwd=self.directory,
-                    stdin=subprocess.DEVNULL,
-                    stdout=stdout,
-                    stderr=subprocess.STDOUT,
-                )
-            lines = [f"listening on 127.0.0.1:{self.port}"]
-            if self.direct:
-                lines.append(f"listening on 127.0.0.1:{self.direct_port}")
-            if self.ready:
-                lines.append(self.ready)
-            while process.poll() is None and time.monotonic() < deadline:
-                log = self.log()
-                if all(line in log for line in lines):
-                    self.process = process
-                    return self
-                time.sleep(0.05)
-            if process.poll() is None:
-                process.kill()
-            process.wait(10)
-            if time.monotonic() >= deadline or fixed:
-                raise AssertionError(f"{self.name} did not start:\n{self.log()}")
+        lines = [f"listening on 127.0.0.1:{self.port}"]
+        if self.direct:
+            lines.append(f"listening on 127.0.0.1:{self.direct_port}")
+        if self.ready:
+            lines.append(self.ready)
+        process = self.process
+        assert process is not None
+        while process.poll() is None and time.monotonic() < deadline:
+            log = self.log()
+            if all(line in log for line in lines):
+                return self
+            time.sleep(0.05)
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        self.process = None
+        raise AssertionError(f"{self.name} did not start:\n{self.log()}")
 
     def log(self) -> str:
         try:

@@ -1,5 +1,6 @@
 """Retained messages: set, replace, delete, and what new and existing subscribers get."""
 
+import pytest
 import pytest_twisted
 
 from .mqttclient import (
@@ -12,6 +13,12 @@ from .mqttclient import (
     raw_subscribe,
     read_packet,
 )
+
+
+@pytest.fixture
+def broker(broker_anywhere):
+    """Every test here runs against one process and against a cluster of two nodes."""
+    return broker_anywhere
 
 
 async def connected(clients, port, client_id):

@@ -1,8 +1,15 @@
 """SUBSCRIBE / SUBACK / UNSUBSCRIBE / UNSUBACK and topic wildcards, as a client sees them."""
 
+import pytest
 import pytest_twisted
 
 from .mqttclient import raw_connect, raw_subscribe, read_packet, unsubscribe_packet
+
+
+@pytest.fixture
+def broker(broker_anywhere):
+    """Every test here runs against one process and against a cluster of two nodes."""
+    return broker_anywhere
 
 
 async def connected(clients, port, client_id):

@@ -22,6 +22,13 @@ from .mqttclient import (
     v5_bytes,
 )
 
+
+@pytest.fixture
+def broker(broker_anywhere):
+    """Every test here runs against one process and against a cluster of two nodes."""
+    return broker_anywhere
+
+
 PROTOCOLS = pytest.mark.parametrize("protocol", [mqtt.MQTTv5, mqtt.MQTTv311], ids=["v5", "v311"])
 
 
@@ -165,12 +172,13 @@ async def test_unacknowledged_messages_of_a_lost_member_go_to_another(broker, ra
     pub = await client(clients, broker.port, "pub", protocol)
     await publish_numbered(pub, "ho/t", 6)
     unacked = [publish_of(level, await read_packet(lost)) for _ in range(3)]
-    assert sorted(int(p) for _t, p, _pid in unacked) == [0, 2, 4]
+    its_share = sorted(int(p) for _t, p, _pid in unacked)
+    assert its_share in ([0, 2, 4], [1, 3, 5])  # every other one (who starts may vary)
     lost.close()  # drops the socket; never sent PUBACK
     await sleep(0.3)
     got = numbers(await keeper.messages_for(0.7))
     assert sorted(got) == list(range(6))
-    assert sorted(got[3:]) == [0, 2, 4]  # after its own share
+    assert sorted(got[3:]) == its_share  # after its own share
 
 
 @pytest_twisted.ensureDeferred
@@ -187,8 +195,8 @@ async def test_acknowledged_messages_are_not_resent_to_another_member(broker, ra
     await sleep(0.2)
     member.close()
     got = numbers(await keeper.messages_for(0.8))
-    assert sorted(got) == sorted([1, 3, int(second.payload)])
-    assert int(first.payload) not in got
+    assert sorted(got) == sorted(set(range(4)) - {int(first.payload)})  # all but the acked
+    assert int(second.payload) in got
 
 
 @pytest_twisted.ensureDeferred
