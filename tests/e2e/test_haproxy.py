@@ -264,3 +264,16 @@ def test_a_client_of_a_killed_node_reconnects_to_the_other_one(nodes, proxy, cli
     assert client.round_trip(b"after").payload == b"after"
     assert time.monotonic() - started < FAILOVER_TIMEOUT
     assert survivor.running()
+
+
+def test_the_readme_shows_the_configuration_the_tests_run(tmp_path):
+    """README's haproxy.cfg is HAProxy.config_text() for ports 1883/1884/1885 (bound on
+    every address), and haproxy -c accepts it."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("<!-- haproxy.cfg -->\n```\n", 1)[1].split("```", 1)[0]
+    ours = HAProxy([1884, 1885], port=1883, directory=tmp_path).config_text()
+    assert block == ours.replace("bind 127.0.0.1:1883", "bind :1883")
+    config = tmp_path / "readme.cfg"
+    config.write_text(block)
+    check = subprocess.run([find_haproxy(), "-c", "-f", str(config)], capture_output=True)
+    assert check.returncode == 0, check.stderr
