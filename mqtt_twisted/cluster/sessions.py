@@ -51,8 +51,9 @@ class SessionMoves:
     def take(self, client_id: str, previous: str, alive: bool, stored: bool) -> Deferred[None]:
         """After this node claimed ``client_id``: wait for ``previous`` to let go (if it is
         alive), then load the stored session unless this node holds it already."""
-        local = client_id in self.broker.sessions
-        if local and not previous:
+        if previous == self.node.node_id:
+            previous = ""  # this node held it: nobody to wait for
+        if client_id in self.broker.sessions and not previous:
             return defer.succeed(None)
         self._loading.setdefault(client_id, [])
         waiting: Deferred[None] = defer.succeed(None)
@@ -63,7 +64,8 @@ class SessionMoves:
 
         def load(_: object) -> Deferred[Any] | None:
             if not stored or client_id in self.broker.sessions:
-                self._loading.pop(client_id, None)
+                for bell in self._loading.pop(client_id, []):
+                    self.doorbell(bell)  # held here already: what came meanwhile goes in
                 return None
             return self.store.load_session(client_id).addCallback(self._restore, client_id)
 
