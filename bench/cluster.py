@@ -1,6 +1,6 @@
 """Cluster overhead: one broker process against clusters of 1, 2 and 3 nodes sharing Redis.
 
-``python bench/cluster.py`` (``--rounds N``, default 3, about 8 minutes; ``--quick``: one
+``python bench/cluster.py`` (``--rounds N``, default 3, about 7 minutes; ``--quick``: one
 short round, under two minutes; ``--keep``: keep the temp dir with the node and Redis logs).
 Loopback only. Every node, the single broker and redis-server (one per cluster, AOF
 everysec, in the run's temp dir) run pinned to core 0, the load generator (gen.py's
@@ -1175,4 +1175,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,5 +1,6 @@
 """A real redis-server for tests: a free loopback port, a unix socket and an append-only
 file in a directory of its own; it can be killed (SIGKILL) and started again on both.
+With ``tls=True`` the port speaks TLS only (test certificates from ``tests/e2e/certs.py``).
 
     from tests.redisserver import make_redis_server, redis_server  # the fixtures
 """
@@ -9,12 +10,16 @@ from __future__ import annotations
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+
+from tests.e2e.certs import TestCertificates, make_certificates
 
 #: seconds a start may take before the server counts as broken
 START_SECONDS = 10.0
@@ -45,7 +50,11 @@ def free_port() -> int:
 
 class RedisServer:
     """One redis-server process on 127.0.0.1; ``password`` sets ``--requirepass`` and
-    ``extra_args`` are added to its command line (e.g. ``("--user", "alice", ...)``)."""
+    ``extra_args`` are added to its command line (e.g. ``("--user", "alice", ...)``).
+
+    ``tls``: the port is a TLS port (no plain TCP one) with a server certificate for
+    127.0.0.1 / localhost from ``certificates`` (made in the directory); clients must show a
+    certificate of that CA unless ``tls_auth_clients`` is ``"no"`` or ``"optional"``."""
 
     def __init__(
         self,
@@ -53,6 +62,8 @@ class RedisServer:
         password: str | None = None,
         extra_args: tuple[str, ...] = (),
         binary: str | None = None,
+        tls: bool = False,
+        tls_auth_clients: str = "yes",
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -67,12 +78,29 @@ class RedisServer:
             socket_path = Path(self._socket_dir) / "redis.sock"
         self.unix_path = str(socket_path)
         self.process: subprocess.Popen[bytes] | None = None
+        self.tls_auth_clients = tls_auth_clients
+        self.certificates: TestCertificates | None = None
+        if tls:
+            self.certificates = make_certificates(self.directory / "certs")
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:PORT/0``, with the password when there is one."""
+        """``redis://127.0.0.1:PORT/0``, with the password when there is one; with TLS
+        ``rediss://...?ssl_ca_certs=...&ssl_certfile=...&ssl_keyfile=...`` (the test CA and
+        its client certificate)."""
+        files = self.certificates
+        if files is None:
+            return self.url_with()
+        return self.url_with(
+            ssl_ca_certs=files.ca, ssl_certfile=files.client_cert, ssl_keyfile=files.client_key
+        )
+
+    def url_with(self, host: str = "127.0.0.1", **query: object) -> str:
+        """The URL (``rediss://`` with TLS) to ``host`` with exactly these query parameters."""
         login = f":{self.password}@" if self.password else ""
-        return f"redis://{login}127.0.0.1:{self.port}/0"
+        scheme = "redis" if self.certificates is None else "rediss"
+        fields = "&".join(f"{k}={quote(str(v), safe='/')}" for k, v in query.items())
+        return f"{scheme}://{login}{host}:{self.port}/0" + (f"?{fields}" if fields else "")
 
     @property
     def log_path(self) -> Path:
@@ -100,6 +128,15 @@ class RedisServer:
         ]  # fmt: skip
         if self.password is not None:
             command += ["--requirepass", self.password]
+        if self.certificates is not None:
+            files = self.certificates
+            command[1:3] = ["--port", "0", "--tls-port", str(self.port)]
+            command += [
+                "--tls-cert-file", str(files.server_cert),
+                "--tls-key-file", str(files.server_key),
+                "--tls-ca-cert-file", str(files.ca),
+                "--tls-auth-clients", self.tls_auth_clients,
+            ]  # fmt: skip
         return command + list(self.extra_args)
 
     def start(self) -> RedisServer:
@@ -137,7 +174,7 @@ class RedisServer:
         if self.password is not None:
             request = f"AUTH {self.password}\r\n".encode() + request
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as connection:
+            with self._probe_connection() as connection:
                 connection.sendall(request)
                 received = b""
                 while received.count(b"\r\n") < request.count(b"\r\n"):
@@ -145,9 +182,22 @@ class RedisServer:
                     if not chunk:
                         return False
                     received += chunk
-        except OSError:
+        except OSError:  # ssl.SSLError too
             return False
         return received.endswith(b"+PONG\r\n")
+
+    def _probe_connection(self) -> socket.socket:
+        connection = socket.create_connection(("127.0.0.1", self.port), timeout=1)
+        if self.certificates is None:
+            return connection
+        files = self.certificates
+        context = ssl.create_default_context(cafile=str(files.ca))
+        context.load_cert_chain(files.client_cert, files.client_key)
+        try:
+            return context.wrap_socket(connection, server_hostname="127.0.0.1")
+        except BaseException:
+            connection.close()
+            raise
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no final AOF rewrite; what was written is on disk."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from time import perf_counter
+from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -84,17 +85,20 @@ class Broker:
             return None
         return cluster.claim(client_id, None if will is None else self.will_message(will))
 
-    def deliver_forwarded(self, message: Message, plain: bool, groups: Sequence[str]) -> None:
+    def deliver_forwarded(
+        self, message: Message, plain: bool, groups: Sequence[str], origin: Any = None
+    ) -> None:
         """A message another node routed here: to the local subscriptions it matches
-        (``plain``) and to one member of each of ``groups`` (``$share/NAME/FILTER``)."""
+        (``plain``) and to one member of each of ``groups`` (``$share/NAME/FILTER``).
+        ``origin`` stands for its publisher (a full subscriber holds it back)."""
         self.stats.cluster_received += 1
         if plain:
             matches = self.subscriptions.match(message.topic)
             if matches:
-                self._deliver_merged(message, matches, None)
+                self._deliver_merged(message, matches, origin)
         for share_filter in groups:
             group = self.shared.group(share_filter)
-            if group is None or not self.deliver_shared(group, message):
+            if group is None or not self.deliver_shared(group, message, origin):
                 self.stats.publish_dropped += 1
 
     def apply_retained(self, topic: str, message: Message | None) -> None:

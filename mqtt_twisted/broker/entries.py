@@ -23,6 +23,14 @@ class Queued(NamedTuple):
     seq: int = 0
 
 
+class Publisher(Protocol):
+    """Whoever published a message, as the sessions it goes to see it: a session, or (in a
+    cluster) the other nodes' publishers. A full session holds ``connection``'s input."""
+
+    @property
+    def connection(self) -> Any: ...
+
+
 class Handover(NamedTuple):
     """A shared-subscription message a closing session gives back to its group."""
 

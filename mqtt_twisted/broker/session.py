@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from mqtt_twisted.broker.entries import (
     Handover,
     Inflight,
+    Publisher,
     Queued,
     SessionConnection,
     SubscriptionOptions,
@@ -133,7 +134,7 @@ class Session:
         retain: bool,
         subscription_ids: tuple[int, ...] = (),
         group: Any = None,
-        origin: Session | None = None,
+        origin: Publisher | None = None,
     ) -> None:
         """Send ``message`` at ``qos`` now if the client can take it, else queue it.
 
@@ -158,6 +159,7 @@ class Session:
         retain: bool,
         subscription_ids: tuple[int, ...],
         seq: int,
+        origin: Publisher | None = None,
     ) -> None:
         """A QoS 1/2 delivery the store already holds as ``seq`` (in a cluster, written by
         the publisher's node): sent or queued like any other, never recorded again."""
@@ -165,7 +167,7 @@ class Session:
         if conn is not None and not self.queue and len(self.inflight) < self._window:
             self._send_new(conn, message, qos, retain, subscription_ids, None, seq)
             return
-        self._enqueue(Queued(message, qos, retain, subscription_ids, None, seq), None)
+        self._enqueue(Queued(message, qos, retain, subscription_ids, None, seq), origin)
 
     def reserve_seqs(self, below: int) -> None:
         """Deliveries this session records itself get a ``seq`` of at least ``below``
@@ -251,7 +253,7 @@ class Session:
         high_bytes = self._high_bytes * factor
         return bool(high_bytes and self.queue) and self._queued_bytes + size > high_bytes
 
-    def _enqueue(self, item: Queued, origin: Session | None) -> None:
+    def _enqueue(self, item: Queued, origin: Publisher | None) -> None:
         size = len(item.message.payload)
         if self._full(size):
             if self.connection is None:
@@ -328,7 +330,7 @@ class Session:
 
     # -- flow control ---------------------------------------------------------------
 
-    def _hold(self, origin: Session | None) -> None:
+    def _hold(self, origin: Publisher | None) -> None:
         """The queue is full: hold the publisher back, and watch whether the client lags."""
         grace = self._config.slow_client_grace
         if grace <= 0:

@@ -28,6 +28,7 @@ from mqtt_twisted.cluster.wire import SEP, unpack_message, unpack_options
 
 if TYPE_CHECKING:
     from mqtt_twisted.broker import Broker
+    from mqtt_twisted.cluster.backpressure import Holds
     from mqtt_twisted.cluster.sessions import SessionMoves
 
 log = Logger()
@@ -78,6 +79,7 @@ class Membership:
     _startup: list[Deferred[Any]] | None
     _totals: dict[bytes, int]
     _echoes: dict[tuple[bytes, int], Deferred[object]]
+    holds: Holds
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
         raise NotImplementedError
@@ -341,6 +343,7 @@ class Membership:
         self._loops = []
         self._last = None
         self._echoes.clear()  # never heard: what waits for them is dropped with its client
+        self.holds.clear()
         for connection in (self._redis, self._subscriber):
             if connection is not None:
                 connection.abort()

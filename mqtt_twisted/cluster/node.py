@@ -27,6 +27,7 @@ from mqtt_twisted.broker.hooks import Refused
 from mqtt_twisted.broker.journal import Barrier, Journal
 from mqtt_twisted.broker.message import Message
 from mqtt_twisted.broker.shared import SharedGroup
+from mqtt_twisted.cluster.backpressure import BUSY, Holds, RemoteFeed, pack_busy, unpack_busy
 from mqtt_twisted.cluster.membership import FAILED, RETRY_FIRST, Membership, quiet
 from mqtt_twisted.cluster.redis import (
     RedisAddress,
@@ -127,6 +128,9 @@ class ClusterNode(Membership):
         self._stopping = False
         self._generation = 0
         self._startup: list[Deferred[Any]] | None = None
+        #: flow control across nodes (see backpressure.py)
+        self.feed = RemoteFeed(self._announce_busy)
+        self.holds = Holds()
         #: own route events awaited (SUBACK waits for them), by kind and number
         self._echoes: dict[tuple[bytes, int], Deferred[object]] = {}
         #: the cluster's totals, summed from every node's figures in Redis
@@ -142,7 +146,8 @@ class ClusterNode(Membership):
             local = {g.share_filter: g for found in broker.shared.match(topic) for g in found}
         if topic[:4] == "$SYS":  # each node's own figures, for its own clients
             return self._sys_here(message, local.values())
-        stored = self._store_for_sessions(message, origin)
+        sessions = self._store_for_sessions(message, origin)
+        matched = bool(sessions)
         routes = self.replica.routes
         nodes = routes.nodes_for(topic)
         groups: dict[str, list[str]] = {}
@@ -151,19 +156,22 @@ class ClusterNode(Membership):
             node = group.pick(here is not None)
             if node is None:
                 assert here is not None
-                stored = broker.deliver_shared(here, message, origin) or stored
+                matched = broker.deliver_shared(here, message, origin) or matched
             else:
                 groups.setdefault(node, []).append(group.share_filter)
         for here in local.values():  # no member elsewhere
-            stored = broker.deliver_shared(here, message, origin) or stored
-        if not nodes and not groups:
-            return stored
+            matched = broker.deliver_shared(here, message, origin) or matched
+        targets = nodes | groups.keys()
+        if self.holds and origin is not None and origin.connection is not None:
+            self.holds.hold(origin.connection, targets, sessions)  # a busy subscriber
+        if not targets:
+            return matched
         redis = self._redis
         if redis is None or not self.ready:
             return True  # never acknowledged: the connection is being dropped
         packed = pack_message(message)
         channels = self._channels
-        for node in nodes | groups.keys():
+        for node in targets:
             names = SEP.join(g.encode() for g in groups.get(node, ()))
             data = b"".join(
                 (FORWARD, b"P" if node in nodes else b"-", len(names).to_bytes(4, "big"), names)
@@ -172,7 +180,7 @@ class ClusterNode(Membership):
             if channel is None:
                 channel = channels[node] = self.keys.channel(node).encode()
             self._last = redis.execute(b"PUBLISH", channel, data + packed).addErrback(quiet)
-        self.broker.stats.cluster_forwarded += len(nodes | groups.keys())
+        self.broker.stats.cluster_forwarded += len(targets)
         return True
 
     def _sys_here(self, message: Message, groups: Iterable[SharedGroup]) -> bool:
@@ -190,20 +198,21 @@ class ClusterNode(Membership):
             matched = broker.deliver_shared(group, message) or matched
         return matched
 
-    def _store_for_sessions(self, message: Message, origin: Session | None) -> bool:
+    def _store_for_sessions(
+        self, message: Message, origin: Session | None
+    ) -> dict[str, tuple[int, bool, tuple[int, ...]]]:
         """Store ``message`` for the persistent sessions it matches (any node's): one
-        script that also rings their nodes. Returns whether any matched."""
+        script that also rings their nodes. Returns them (client id: QoS, retain, ids)."""
         matches = self.replica.persistent.match(message.topic)
         if not matches:
-            return False
+            return {}
         targets = merge_deliveries(message, matches, origin.client_id if origin else None)
-        if not targets:
-            return False
-        args: list[Any] = [self.keys.prefix, pack_message(message)]
-        for client_id, (qos, retain, ids) in targets.items():
-            args += (client_id, pack_delivery_head(qos, retain, ids), qos)
-        self._script("enqueue", (), args)
-        return True
+        if targets:
+            args: list[Any] = [self.keys.prefix, pack_message(message)]
+            for client_id, (qos, retain, ids) in targets.items():
+                args += (client_id, pack_delivery_head(qos, retain, ids), qos)
+            self._script("enqueue", (), args)
+        return targets
 
     def session_subscribed(
         self, client_id: str, topic_filter: str, options: SubscriptionOptions
@@ -279,6 +288,11 @@ class ClusterNode(Membership):
                 "route", (routes, self.keys.all), (kind, self.node_id, topic_filter)
             )
             self._last = announcing.addCallback(self._echo, b"S")
+
+    def _announce_busy(self, client_id: str, busy: bool) -> None:
+        if self.ready and self._redis is not None:
+            data = pack_busy(self.node_id, client_id, busy)
+            self._redis.execute(b"PUBLISH", self.keys.all, data).addErrback(quiet)
 
     def _echo(self, seq: object, kind: bytes) -> object:
         """Wait until this node hears its own route event: every node's subscriber
@@ -384,13 +398,16 @@ class ClusterNode(Membership):
         kind = data[:1]
         if kind == FORWARD:
             forward = unpack_forward(data)
-            self.broker.deliver_forwarded(forward.message, forward.plain, forward.groups)
+            self.broker.deliver_forwarded(forward.message, forward.plain, forward.groups, self.feed)
         elif kind == RETAINED:
             self.replica.retained_event(unpack_retained_event(data))
         elif kind == DOORBELL:
             self.sessions.doorbell(unpack_doorbell(data))
         elif kind == KICK:
             self._kick(unpack_kick(data))
+        elif kind == BUSY:
+            node, client_id, busy = unpack_busy(data)
+            self.holds.busy(node, client_id, busy)
         elif kind == RELEASED:
             self.sessions.released(unpack_released(data)[0])
         elif kind == SESSION_ROUTE or kind == SESSION_UNROUTE:
@@ -404,6 +421,8 @@ class ClusterNode(Membership):
                 self._heard(b"S", route.seq)
             else:
                 self.replica.route_event(route)
+                if route.kind == b"X":  # a node gone: nobody stays held for its sessions
+                    self.holds.node_gone(route.node)
 
     def _kick(self, kick: Kick) -> None:
         client_id, epoch, claimant = kick

@@ -6,22 +6,23 @@ errbacks with `RedisConnectionLost` (the command may or may not have run)."""
 
 from __future__ import annotations
 
-import re
 from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeAlias, cast
-from urllib.parse import unquote, urlsplit
 
 import attrs
 import hiredis
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import clientFromString, quoteStringArgument
 from twisted.internet.error import ConnectingCancelledError
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+# re-exported: ``from mqtt_twisted.cluster.redis import RedisAddress`` keeps working
+from mqtt_twisted.cluster.address import RedisAddress as RedisAddress
+from mqtt_twisted.cluster.address import RedisTLS as RedisTLS
 
 log = Logger()
 
@@ -31,10 +32,6 @@ Arg: TypeAlias = bytes | str | int | float
 Reply: TypeAlias = Any
 
 _pack = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
-_FORMS = "redis://[USER:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS), unix:///PATH[?db=N] or unix:/PATH"
-_DB_QUERY = re.compile(r"(?:db=([0-9]{1,9}))?")
-_DB_PATH = re.compile(r"/?([0-9]{1,9})?")
-_HOST = re.compile(r"[A-Za-z0-9._:-]+")
 
 
 class RedisError(Exception):
@@ -51,75 +48,6 @@ class RedisConnectionLost(Exception):
 
 class RedisConnectError(Exception):
     """`connect` failed: refused, timed out, or AUTH / SELECT refused."""
-
-
-@attrs.frozen
-class RedisAddress:
-    """Where a Redis server is and how to log in; `parse` reads one from a URL."""
-
-    endpoint: str  # a client endpoint string for `clientFromString`
-    db: int = 0
-    username: str | None = None
-    password: str | None = attrs.field(default=None, repr=False)
-    display: str = attrs.field(
-        default=attrs.Factory(lambda self: self.endpoint, takes_self=True)
-    )  # the URL without the password, for logs
-
-    @property
-    def tls(self) -> bool:
-        """True for ``rediss://`` addresses."""
-        return self.endpoint.startswith("tls:")
-
-    @classmethod
-    def parse(cls, url: str) -> RedisAddress:
-        """Read ``redis://``, ``rediss://`` or ``unix:`` URLs; `ValueError` for anything else."""
-
-        def bad(why: str) -> ValueError:  # never echoes the URL: it may hold a password
-            return ValueError(f"bad Redis URL ({why}); expected {_FORMS}")
-
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError as e:
-            raise bad(str(e)) from None
-        scheme = parts.scheme.lower()
-        if scheme not in ("redis", "rediss", "unix"):
-            raise bad(f"scheme {parts.scheme!r}" if parts.scheme else "no scheme")
-        if parts.fragment:
-            raise bad("a #fragment")
-        username = unquote(parts.username) if parts.username else None
-        password = unquote(parts.password) if parts.password else None
-        if username is not None and password is None:
-            raise bad("a user name needs a password")
-        user = f"{parts.username}@" if username else ""
-        if scheme == "unix":
-            path = unquote(parts.path)
-            if parts.hostname or port is not None or not path.startswith("/"):
-                raise bad("a unix socket URL has an absolute path and no host or port")
-            query = _DB_QUERY.fullmatch(parts.query)
-            if query is None:
-                raise bad("the only query parameter is db=N")
-            db = int(query[1] or 0)
-            display = f"unix://{user}{parts.path}" + (f"?db={db}" if db else "")
-            return cls(f"unix:path={quoteStringArgument(path)}", db, username, password, display)
-        host = parts.hostname
-        if not host or not _HOST.fullmatch(host):
-            raise bad(f"host {host!r}" if host else "no host")
-        if parts.query or port == 0:
-            raise bad("a query string" if parts.query else "port 0")
-        port = port or 6379
-        db_path = _DB_PATH.fullmatch(parts.path)
-        if db_path is None:
-            raise bad(f"database {parts.path[1:]!r} is not a number")
-        db = int(db_path[1] or 0)
-        kind = "tls" if scheme == "rediss" else "tcp"
-        endpoint = f"{kind}:host={quoteStringArgument(host)}:port={port}"
-        shown = f"[{host}]" if ":" in host else host
-        return cls(endpoint, db, username, password, f"{scheme}://{user}{shown}:{port}/{db}")
-
-    def endpoint_for(self, reactor: Any) -> IStreamClientEndpoint:
-        """The endpoint to connect to (TLS checks the server's name against the system CAs)."""
-        return clientFromString(reactor, self.endpoint)
 
 
 def _is(reply: Reply, kind: bytes) -> bool:

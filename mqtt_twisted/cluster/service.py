@@ -32,7 +32,8 @@ CLUSTER_OPTIONS: list[list[Any]] = [
         None,
         None,
         "Run as one node of a cluster whose shared state is in this Redis: "
-        "redis://[USER:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS) or unix:///PATH "
+        "redis://[USER:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS; ?ssl_ca_certs=CA&"
+        "ssl_certfile=CERT&ssl_keyfile=KEY) or unix:///PATH "
         "(default: no cluster, this process is the whole broker).",
         RedisAddress.parse,
     ],

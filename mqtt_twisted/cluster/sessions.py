@@ -142,12 +142,13 @@ class SessionMoves:
                 self.journal.remove_delivery(bell.client_id, bell.seq, message)
             return
         self.broker.stats.cluster_received += 1
+        feed = self.node.feed
         if bell.seq:
             session.deliver_stored(
-                message, delivery.qos, delivery.retain, delivery.subscription_ids, bell.seq
+                message, delivery.qos, delivery.retain, delivery.subscription_ids, bell.seq, feed
             )
         else:
-            session.deliver(message, 0, delivery.retain, delivery.subscription_ids)
+            session.deliver(message, 0, delivery.retain, delivery.subscription_ids, None, feed)
 
     # -- a dead node's sessions ---------------------------------------------------------
 

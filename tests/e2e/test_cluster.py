@@ -412,3 +412,64 @@ def test_a_persistent_subscriber_moving_to_another_node_mid_stream_misses_nothin
     assert firsts == sorted(firsts)
     if qos == 2:
         assert not [n for n, count in Counter(received).items() if count > 1]
+
+
+@pytest.mark.parametrize("clean", [False, True], ids=["persistent", "clean"])
+def test_a_full_subscriber_holds_back_publishers_on_other_nodes(cluster, clean):
+    """Flow control across nodes: a subscriber slower than its publisher (but within
+    --slow-client-grace) fills its queue (--max-queued-messages 10 here); the publisher's
+    node stops reading the publisher instead of the subscriber's node dropping what was
+    acknowledged. Every acknowledged message arrives, in order; nothing is dropped."""
+    http = free_port()
+    a = cluster.node("--max-queued-messages", "10")
+    b = cluster.node("--max-queued-messages", "10", "--http", f"tcp:{http}:interface=127.0.0.1")
+    received: list[int] = []
+    held = []  # messages held on node B for its clients, as /metrics shows them
+
+    def watch() -> None:
+        while not done.is_set():
+            text = urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5).read()
+            for line in text.decode().splitlines():
+                if line.startswith("mqtt_stored_messages "):
+                    held.append(float(line.split()[1]))
+            time.sleep(0.02)
+
+    done = threading.Event()
+    watcher = threading.Thread(target=watch, daemon=True)
+
+    def slow(client, userdata, message) -> None:
+        if message.payload != b"probe":
+            received.append(int(message.payload))
+            time.sleep(0.002)  # about 500 messages a second, acknowledged after each
+
+    subscriber = Client(b.direct_port, "slowish", clean=clean)
+    subscriber.subscribe("full/#", 1)
+    probe = Client(a.direct_port, "probe")
+    until_routed(probe, subscriber, "full/probe")
+    subscriber.client.on_message = slow
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fast")
+    publisher.max_inflight_messages_set(64)
+    acked: set[int] = set()
+    publisher.on_publish = lambda c, u, mid, rc, p: acked.add(mid)
+    publisher.connect("127.0.0.1", a.direct_port)
+    publisher.loop_start()
+    watcher.start()
+    sent = [publisher.publish("full/n", str(n), qos=1) for n in range(2000)]
+    deadline = time.monotonic() + 30
+    while len(acked) < len(sent) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    publisher.disconnect()
+    publisher.loop_stop()
+    acknowledged = {n for n, info in enumerate(sent) if info.mid in acked}
+    assert len(acknowledged) == len(sent)
+    while not acknowledged <= set(received) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    missing = acknowledged - set(received)
+    assert not missing, f"acknowledged but dropped: {len(missing)}, e.g. {sorted(missing)[:10]}"
+    done.set()
+    watcher.join(5)
+    assert list(dict.fromkeys(received)) == sorted(set(received))
+    assert "dropping messages" not in b.log()
+    # bounded: the queue, the in-flight window and what was on its way when the publisher
+    # was held (without flow control across nodes it grows to most of the 2,000)
+    assert held and max(held) < 400, max(held)

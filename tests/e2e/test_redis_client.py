@@ -1,6 +1,7 @@
 """The Redis client (mqtt_twisted.cluster.redis) against a real redis-server: bytes in and
-out, pipelining in order, error replies, AUTH and SELECT, unix sockets, pub/sub, and what
-happens to pending requests when the server is killed.
+out, pipelining in order, error replies, AUTH and SELECT, unix sockets, TLS (``rediss://``
+with a CA of its own and client certificates), pub/sub, and what happens to pending
+requests when the server is killed.
 
 A few tests at the end drive the protocol over an in-memory transport instead, for replies
 no healthy server sends.
@@ -203,6 +204,70 @@ async def test_unix_socket_urls(redis_server):
     assert await second.execute(b"GET", b"over") == b"unix"
     await first.close()
     await second.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rediss_with_its_ca_and_a_client_certificate(make_redis_server):
+    server = make_redis_server(tls=True, password="s3cret")  # a TLS port only
+    assert server.url.startswith(f"rediss://:s3cret@127.0.0.1:{server.port}/0?ssl_ca_certs=")
+    client = await client_for(server.url.replace("/0?", "/4?"))
+    big = os.urandom(1024 * 1024)  # many TLS records
+    assert await client.execute(b"SET", b"key", big) == b"OK"
+    assert await client.execute(b"GET", b"key") == big
+    assert b" db=4 " in await client.execute(b"CLIENT", b"INFO")
+    got: list[tuple[bytes, bytes]] = []
+    subscriber = await connect_subscriber(
+        reactor, RedisAddress.parse(server.url), lambda *message: got.append(message)
+    )
+    await subscriber.subscribe(b"news")
+    assert await client.execute(b"PUBLISH", b"news", b"over TLS") == 1
+    while not got:
+        await sleep(0.01)
+    assert got == [(b"news", b"over TLS")]
+    await subscriber.close()
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rediss_without_a_client_certificate_is_refused_clearly(make_redis_server):
+    server = make_redis_server(tls=True)  # tls-auth-clients yes
+    files = server.certificates
+    refused = "cannot connect to rediss://127.0.0.1:.* lost: .*certificate required"
+    with pytest.raises(RedisConnectError, match=refused):
+        await client_for(server.url_with(ssl_ca_certs=files.ca))
+    with pytest.raises(RedisConnectError, match="lost: .*unknown ca"):  # another CA's client
+        await client_for(
+            server.url_with(
+                ssl_ca_certs=files.ca,
+                ssl_certfile=files.untrusted_cert,
+                ssl_keyfile=files.untrusted_key,
+            )
+        )
+    optional = make_redis_server(tls=True, tls_auth_clients="optional")
+    client = await client_for(optional.url_with(ssl_ca_certs=optional.certificates.ca))
+    assert await client.execute(b"PING") == b"PONG"
+    await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rediss_with_the_wrong_ca_or_host_name_is_refused(make_redis_server):
+    server = make_redis_server(tls=True, extra_args=("--bind", "127.0.0.1", "127.0.0.2"))
+    files = server.certificates
+    mine = {"ssl_certfile": files.client_cert, "ssl_keyfile": files.client_key}
+    verify_failed = "cannot connect to rediss://127.0.0.1:.* lost: .*certificate verify failed"
+    with pytest.raises(RedisConnectError, match=verify_failed):
+        await client_for(server.url_with(ssl_ca_certs=files.untrusted_ca, **mine))
+    with pytest.raises(RedisConnectError, match=verify_failed):  # the system's CAs
+        await client_for(server.url_with(**mine))
+    # the server's certificate is for 127.0.0.1 and localhost, not for 127.0.0.2
+    other = server.url_with("127.0.0.2", ssl_ca_certs=files.ca, **mine)
+    with pytest.raises(RedisConnectError, match="lost: .*IPAddressMismatch"):
+        await client_for(other)
+    for url in (other + "&ssl_check_hostname=false", server.url_with("localhost", **mine)):
+        url = url.replace("?", f"?ssl_ca_certs={files.ca}&", 1) if "ca.pem" not in url else url
+        client = await client_for(url)
+        assert await client.execute(b"PING") == b"PONG"
+        await client.close()
 
 
 @pytest_twisted.ensureDeferred
