@@ -72,6 +72,8 @@ class Membership:
     _last: Deferred[Any] | None
     _loops: list[task.LoopingCall]
     _renewed_at: float
+    #: when the unanswered lease renewal was sent (None: none is)
+    _renewing: float | None
     _retry: float
     _retry_call: Any
     _stopping: bool
@@ -232,10 +234,14 @@ class Membership:
         return (self.node_id, int(self.lease * 1000), "join" if join else "renew")
 
     def _heartbeat(self) -> None:
-        if self.reactor.seconds() - self._renewed_at > self.lease / 2:
-            self._lose("Redis did not answer for half a lease")
+        if self._renewing is not None:
+            # The last renewal is unanswered. Redis hung, or this process did not run for
+            # a while (then the answer is waiting to be read: give it one more turn).
+            if self.reactor.seconds() - self._renewing > self.lease / 2:
+                self.reactor.callLater(0.05, self._still_unanswered, self._renewing)
             return
         keys = self.keys
+        self._renewing = self.reactor.seconds()
         renewing = self._script(
             "heartbeat", (keys.lease(self.node_id), keys.nodes), self._lease_args(join=False)
         )
@@ -244,12 +250,17 @@ class Membership:
         def renewed(result: object) -> None:
             if result is FAILED or generation != self._generation:
                 return
+            self._renewing = None
             if result == 0:
                 self._lose("the other nodes declared this node dead (its lease expired)")
                 return
             self._renewed_at = self.reactor.seconds()
 
         renewing.addCallback(renewed)
+
+    def _still_unanswered(self, sent_at: float) -> None:
+        if self._renewing == sent_at and self.ready:
+            self._lose("Redis did not answer a lease renewal for half a lease")
 
     def _reap(self) -> None:
         keys = self.keys
@@ -342,6 +353,7 @@ class Membership:
                 loop.stop()
         self._loops = []
         self._last = None
+        self._renewing = None
         self._echoes.clear()  # never heard: what waits for them is dropped with its client
         self.holds.clear()
         for connection in (self._redis, self._subscriber):

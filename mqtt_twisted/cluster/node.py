@@ -123,6 +123,7 @@ class ClusterNode(Membership):
         self._last: Deferred[Any] | None = None
         self._loops: list[task.LoopingCall] = []
         self._renewed_at = 0.0
+        self._renewing: float | None = None
         self._retry = RETRY_FIRST
         self._retry_call: Any = None
         self._stopping = False

@@ -58,9 +58,12 @@ class Cluster:
         self.nodes.append(node)
         return node
 
-    def front(self) -> HAProxy:
-        """HAProxy in front of every node started so far."""
-        self.haproxy = HAProxy([node.port for node in self.nodes], directory=self.directory / "hap")
+    def front(self, tls_pem: Path | None = None) -> HAProxy:
+        """HAProxy in front of every node started so far (``tls_pem``: also a TLS
+        frontend, terminated there, on ``tls_port``)."""
+        self.haproxy = HAProxy(
+            [node.port for node in self.nodes], directory=self.directory / "hap", tls_pem=tls_pem
+        )
         return self.haproxy.start()
 
     def close(self) -> None:

@@ -63,7 +63,7 @@ def broker_anywhere(request, start_broker, tmp_path):
         return
     cluster = Cluster(tmp_path / "cluster")
     try:
-        cluster.start_nodes(2)
+        cluster.start_nodes(2, "--cluster-lease", "10")  # the default: no failover here
         yield ClusterFront(cluster.front().port, cluster)
     finally:
         cluster.close()

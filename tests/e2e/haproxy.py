@@ -67,7 +67,10 @@ class HAProxy:
         port: int | None = None,
         directory: Path | None = None,
         executable: str | None = None,
+        tls_pem: Path | None = None,
     ) -> None:
+        """``tls_pem``: a certificate and its key in one PEM file: a second frontend on
+        ``tls_port`` terminates TLS and sends the same backends the plain MQTT inside."""
         if balance not in BALANCES:
             raise ValueError(f"balance must be one of {BALANCES}, not {balance!r}")
         if not backend_ports:
@@ -75,6 +78,8 @@ class HAProxy:
         self.backend_ports = list(backend_ports)
         self.balance = balance
         self.port = port if port is not None else free_port()
+        self.tls_pem = tls_pem
+        self.tls_port = free_port() if tls_pem is not None else 0
         self.executable = executable
         self._own_directory: tempfile.TemporaryDirectory | None = None
         if directory is None:
@@ -108,7 +113,15 @@ class HAProxy:
             f"    bind 127.0.0.1:{self.port}\n"
             "    default_backend brokers\n"
             "\n"
-            "backend brokers\n"
+            + (
+                "frontend mqtts\n"
+                f"    bind 127.0.0.1:{self.tls_port} ssl crt {self.tls_pem}\n"
+                "    default_backend brokers\n"
+                "\n"
+                if self.tls_pem is not None
+                else ""
+            )
+            + "backend brokers\n"
             f"    balance {self.balance}\n"
             "    default-server send-proxy-v2 check check-send-proxy inter 200ms fall 2 rise 1"
             " on-marked-down shutdown-sessions\n"

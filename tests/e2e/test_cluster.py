@@ -18,6 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from mqtt_twisted.packets import Connect, Will, encode
 
 from .browser import free_port
+from .certs import make_certificates
 from .cluster import TIMEOUT, Client, RawMQTT, cluster, until_routed  # noqa: F401 (fixture)
 from .mqttclient import connect_packet
 
@@ -473,3 +474,35 @@ def test_a_full_subscriber_holds_back_publishers_on_other_nodes(cluster, clean):
     # bounded: the queue, the in-flight window and what was on its way when the publisher
     # was held (without flow control across nodes it grows to most of the 2,000)
     assert held and max(held) < 400, max(held)
+
+
+def test_tls_terminated_at_haproxy_reaches_the_nodes(cluster, tmp_path):
+    """README: TLS terminated at HAProxy (`bind ... ssl crt`), plain MQTT with the PROXY
+    header to the nodes: a paho 5.0 client over TLS and a plain one talk across nodes."""
+    files = make_certificates(tmp_path / "certs")
+    pem = tmp_path / "haproxy.pem"
+    pem.write_bytes(files.server_cert.read_bytes() + files.server_key.read_bytes())
+    cluster.start_nodes(2)
+    front = cluster.front(tls_pem=pem)
+    secure = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="secure", protocol=mqtt.MQTTv5)
+    secure.tls_set(ca_certs=str(files.ca))
+    got: list[bytes] = []
+    secure.on_message = lambda c, u, m: got.append(m.payload)
+    subscribed = threading.Event()
+    secure.on_subscribe = lambda *args: subscribed.set()
+    secure.connect("127.0.0.1", front.tls_port)
+    secure.loop_start()
+    try:
+        secure.subscribe("tls/#", 1)
+        assert subscribed.wait(TIMEOUT)
+        plain = Client(front.port, "plain")
+        deadline = time.monotonic() + TIMEOUT
+        while not got and time.monotonic() < deadline:
+            plain.publish("tls/x", b"through haproxy", 1)
+            time.sleep(0.2)
+        assert got and got[0] == b"through haproxy"
+        logs = "".join(node.log() for node in cluster.nodes)
+        assert "client secure connected from 127.0.0.1:" in logs
+    finally:
+        secure.disconnect()
+        secure.loop_stop()
