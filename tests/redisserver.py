@@ -20,6 +20,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.e2e.certs import TestCertificates, make_certificates
+from tests.processes import stop_process
 
 #: seconds a start may take before the server counts as broken
 START_SECONDS = 10.0
@@ -210,13 +211,7 @@ class RedisServer:
         """Stop if running (SIGTERM, then SIGKILL after 10 s); remove a socket directory
         of its own."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        stop_process(process)
 
     def cleanup(self) -> None:
         self.stop()

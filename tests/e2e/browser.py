@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import stop_process
+
 REPO = Path(__file__).resolve().parents[2]
 TWISTD = Path(sys.executable).parent / "twistd"
 #: Debian's real Chromium binary (/usr/bin/chromium is a wrapper script)
@@ -93,13 +95,7 @@ class BrokerProcess:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process)
 
 
 @pytest.fixture

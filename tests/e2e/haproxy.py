@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import stop_process
+
 from .browser import free_port
 
 #: Debian's haproxy (in /usr/sbin, often not on a user's PATH)
@@ -173,13 +175,7 @@ class HAProxy:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        stop_process(process)
 
     def close(self) -> None:
         """Stop it and remove its temporary directory (if it made one)."""

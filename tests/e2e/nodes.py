@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.processes import stop_process
+
 from .browser import TWISTD, free_port
 
 NODE_ARGS = ("--store", "memory", "--sys-interval", "0", "--http", "none")
@@ -113,10 +115,4 @@ class Node:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
+        stop_process(process)
