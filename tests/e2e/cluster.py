@@ -67,6 +67,9 @@ class Cluster:
         return self.haproxy.start()
 
     def close(self) -> None:
+        # paho clients would otherwise reconnect for ever, to ports that later tests'
+        # brokers may get, with the same client ids
+        Client.stop_all()
         if self.haproxy is not None:
             self.haproxy.stop()
         for node in self.nodes:
@@ -84,7 +87,10 @@ def cluster(tmp_path):
 
 
 class Client:
-    """A paho client (3.1.1 or 5.0) on one port; received messages in a queue."""
+    """A paho client (3.1.1 or 5.0) on one port; received messages in a queue. Every one
+    made is stopped when its test's cluster closes (``stop_all``)."""
+
+    made: list[Client] = []
 
     def __init__(
         self,
@@ -112,6 +118,7 @@ class Client:
         if reconnect:
             client.reconnect_delay_set(0.1, 0.5)
         self.client = client
+        Client.made.append(self)
         self.port = port
         self.connack: object = None
         self.connack_session_present = False
@@ -167,6 +174,17 @@ class Client:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+    close = stop
+
+    @classmethod
+    def stop_all(cls) -> None:
+        made, cls.made = cls.made, []
+        for client in made:
+            try:
+                client.close()
+            except Exception:  # a client the test already took apart
+                pass
 
 
 def until_routed(publisher: Client, subscriber: Client, topic: str, qos: int = 1) -> None:

@@ -241,6 +241,7 @@ class Numbered:
         self.client.on_publish = lambda c, u, mid, rc, p: self._acked.add(mid)
         self.client.connect("127.0.0.1", port, keepalive=30)
         self.client.loop_start()
+        Client.made.append(self)  # type: ignore[arg-type]  # stopped with the cluster
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -263,6 +264,7 @@ class Numbered:
         return {n for n, info in enumerate(self.sent) if info.mid in self._acked}
 
     def close(self) -> None:
+        self._stop.set()
         self.client.disconnect()
         self.client.loop_stop()
 

@@ -44,6 +44,7 @@ def make_node(tmp_path):
         return node.start()
 
     yield make
+    Client.stop_all()  # no paho client reconnecting to later tests' ports
     for node in made:
         node.stop()
 
