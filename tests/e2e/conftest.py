@@ -13,6 +13,10 @@ from mqtt_twisted.protocol import MQTTFactory
 from .cluster import Cluster
 from .mqttclient import Paho, RawClient
 
+# Raw-socket reads wait in the reactor's thread pool (up to their timeout): room for the
+# waits a failing test leaves behind, so one failure does not starve the next tests.
+reactor.suggestThreadPoolSize(64)  # type: ignore[attr-defined]
+
 
 @attrs.define
 class RunningBroker:

@@ -14,12 +14,23 @@ from twisted.internet.threads import deferToThread
 TIMEOUT = 5.0
 
 
+#: how often ``get`` looks at its queue while the reactor runs
+POLL = 0.002
+
+
 async def get(q: queue.Queue, timeout: float = TIMEOUT):
-    """The next item of ``q``, waited for in a thread so the reactor keeps running."""
-    try:
-        return q.get_nowait()
-    except queue.Empty:
-        return await deferToThread(q.get, True, timeout)
+    """The next item of ``q``, waited for without blocking the reactor. It polls rather
+    than wait in the reactor's thread pool: a test that gave up on several queues would
+    leave pool threads waiting out their timeouts, and the next tests' waits would queue
+    behind them and time out in turn, one failure making many."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return q.get_nowait()
+        except queue.Empty:
+            if time.monotonic() >= deadline:
+                raise
+        await sleep(POLL)
 
 
 async def nothing_in(q: queue.Queue, seconds: float = 0.5) -> bool:
