@@ -10,7 +10,6 @@ from twisted.internet import reactor
 from mqtt_twisted.broker import Broker, BrokerConfig
 from mqtt_twisted.protocol import MQTTFactory
 
-from .cluster import Cluster
 from .mqttclient import Paho, RawClient
 
 # Raw-socket reads wait in the reactor's thread pool (up to their timeout): room for the
@@ -47,30 +46,6 @@ def start_broker():
 def broker(start_broker) -> RunningBroker:
     """A broker with the default configuration."""
     return start_broker()
-
-
-@attrs.define
-class ClusterFront:
-    """A cluster of two ``twistd -n mqtt --cluster`` nodes on one redis-server, behind
-    HAProxy: ``port`` is HAProxy's (consecutive clients land on different nodes)."""
-
-    port: int
-    cluster: Cluster
-
-
-@pytest.fixture(params=["one process", "two nodes behind HAProxy"])
-def broker_anywhere(request, start_broker, tmp_path):
-    """The default broker in this process, then a cluster of two nodes: modules that ask
-    for it (``broker = broker_anywhere``) run every test against both."""
-    if request.param == "one process":
-        yield start_broker()
-        return
-    cluster = Cluster(tmp_path / "cluster")
-    try:
-        cluster.start_nodes(2, "--cluster-lease", "10")  # the default: no failover here
-        yield ClusterFront(cluster.front().port, cluster)
-    finally:
-        cluster.close()
 
 
 @pytest.fixture
