@@ -19,6 +19,7 @@ from paho.mqtt.properties import Properties
 from tests.redisserver import RedisServer
 
 from .haproxy import HAProxy
+from .mqttclient import release
 from .nodes import Node
 
 #: seconds without a lease renewal after which a node is declared dead (tests: short)
@@ -173,7 +174,7 @@ class Client:
 
     def stop(self) -> None:
         self.client.disconnect()
-        self.client.loop_stop()
+        release(self.client)
 
     close = stop
 

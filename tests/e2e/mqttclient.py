@@ -43,6 +43,15 @@ async def sleep(seconds: float) -> None:
     await task.deferLater(reactor, seconds, lambda: None)
 
 
+def release(client: mqtt.Client) -> None:
+    """Stop a paho client's network loop and close its sockets now: its connection and
+    the loopback socket pair it wakes its loop with. Left to the garbage collector they
+    stay open as long as anything refers to the client, and a full run then passes 1,024
+    descriptors, where paho's ``select`` fails and every later client loses its CONNACK."""
+    client.loop_stop()
+    client._reset_sockets()  # paho has no public call that closes the socket pair
+
+
 class Paho:
     """A paho-mqtt client running its network loop in its own thread."""
 
@@ -129,8 +138,10 @@ class Paho:
         self.client.disconnect()
 
     def stop(self) -> None:
-        """Stop the network loop (used at teardown)."""
-        self.client.loop_stop()
+        """Stop the network loop and close the socket (used at teardown): a socket left
+        to the garbage collector stays open for as long as anything refers to the client,
+        and a full run then passes 1,024 descriptors, where paho's ``select`` fails."""
+        release(self.client)
 
     def drop(self) -> None:
         """Close the socket without DISCONNECT (so the broker publishes the will)."""

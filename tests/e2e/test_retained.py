@@ -15,6 +15,12 @@ from .mqttclient import (
 )
 
 
+@pytest.fixture
+def broker(broker_anywhere):
+    """Every test here runs against one process and against a cluster of two nodes."""
+    return broker_anywhere
+
+
 async def connected(clients, port, client_id):
     client = clients(port, client_id=client_id)
     await client.connect()

@@ -6,6 +6,12 @@ import pytest_twisted
 from .mqttclient import raw_connect, raw_subscribe, read_packet, unsubscribe_packet
 
 
+@pytest.fixture
+def broker(broker_anywhere):
+    """Every test here runs against one process and against a cluster of two nodes."""
+    return broker_anywhere
+
+
 async def connected(clients, port, client_id):
     client = clients(port, client_id=client_id)
     await client.connect()

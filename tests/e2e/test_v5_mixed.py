@@ -27,6 +27,12 @@ from .mqttclient import (
 )
 
 
+@pytest.fixture
+def broker(broker_anywhere):
+    """Every test here runs against one process and against a cluster of two nodes."""
+    return broker_anywhere
+
+
 def rich_properties() -> Properties:
     """Every forwardable 5.0 PUBLISH property."""
     props = Properties(PacketTypes.PUBLISH)

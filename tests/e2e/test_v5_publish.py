@@ -29,6 +29,13 @@ from .mqttclient import (
     v5_bytes,
 )
 
+
+@pytest.fixture
+def broker(broker_anywhere):
+    """Every test here runs against one process and against a cluster of two nodes."""
+    return broker_anywhere
+
+
 V5 = mqtt.MQTTv5
 
 

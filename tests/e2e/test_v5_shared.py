@@ -22,6 +22,13 @@ from .mqttclient import (
     v5_bytes,
 )
 
+
+@pytest.fixture
+def broker(broker_anywhere):
+    """Every test here runs against one process and against a cluster of two nodes."""
+    return broker_anywhere
+
+
 PROTOCOLS = pytest.mark.parametrize("protocol", [mqtt.MQTTv5, mqtt.MQTTv311], ids=["v5", "v311"])
 
 

@@ -8,6 +8,13 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .mqttclient import nothing_in
 
+
+@pytest.fixture
+def broker(broker_anywhere):
+    """Every test here runs against one process and against a cluster of two nodes."""
+    return broker_anywhere
+
+
 V5 = mqtt.MQTTv5
 
 
