@@ -237,15 +237,7 @@ class Redis:
         raise RuntimeError("redis-server did not answer PING within 10 s")
 
     def stop(self) -> None:
-        p = self.process
-        if p is None or p.poll() is not None:
-            return
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
+        bench.stop_process(self.process, 10)
 
 
 class Node(bench.Broker):

@@ -87,6 +87,18 @@ def rss_kib(pid: int) -> int:
 # -- brokers -------------------------------------------------------------------------
 
 
+def stop_process(p: subprocess.Popen | None, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it is still there after ``timeout`` seconds."""
+    if p is None or p.poll() is not None:
+        return
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(5)
+
+
 class Broker:
     """One broker process on a free port of 127.0.0.1.
 
@@ -209,15 +221,7 @@ class Broker:
         raise RuntimeError(f"{self.name} did not listen within {self.start_limit:.0f} s")
 
     def stop(self) -> None:
-        p = self.process
-        if p is None or p.poll() is not None:
-            return
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
+        stop_process(self.process, 5)
 
     @property
     def pid(self) -> int:

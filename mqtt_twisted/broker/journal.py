@@ -359,15 +359,7 @@ class Journal:
         self._next_message_id += 1
         self._refs[message_id] = 1
         self._fresh_messages.add(message_id)
-        self._batch.messages[message_id] = MessageRecord(
-            message_id,
-            message.topic,
-            message.payload,
-            message.qos,
-            message.retain,
-            message.properties,
-            message.expires_at,
-        )
+        self._batch.messages[message_id] = MessageRecord.of(message_id, message)
         return message_id
 
     def loaded(self, message: Message, message_id: int) -> None:

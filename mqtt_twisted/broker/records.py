@@ -16,6 +16,8 @@ import attrs
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
+    from mqtt_twisted.broker.message import Message
+
 #: the schema of what is stored; a store records it and refuses a newer one
 SCHEMA_VERSION = 1
 
@@ -70,6 +72,19 @@ class MessageRecord(NamedTuple):
     properties: dict[int, Any]
     #: clock time after which it must not be delivered (Message Expiry); None = never
     expires_at: float | None
+
+    @classmethod
+    def of(cls, message_id: int, message: Message) -> MessageRecord:
+        """The record of ``message``, stored as ``message_id``."""
+        return cls(
+            message_id,
+            message.topic,
+            message.payload,
+            message.qos,
+            message.retain,
+            message.properties,
+            message.expires_at,
+        )
 
 
 class DeliveryRecord(NamedTuple):

@@ -201,15 +201,7 @@ class RedisStore:
             message = delivery.message
             message_id = self._next_loaded_id
             self._next_loaded_id += 1
-            snapshot.messages[message_id] = MessageRecord(
-                message_id,
-                message.topic,
-                message.payload,
-                message.qos,
-                message.retain,
-                message.properties,
-                message.expires_at,
-            )
+            snapshot.messages[message_id] = MessageRecord.of(message_id, message)
             self._messages[message_id] = value[3 + 4 * len(delivery.subscription_ids) :]
             self._written.add((client_id, seq))
             packet_id, released = sent.get(seq, (None, False))
