@@ -26,7 +26,6 @@ from mqtt_twisted.connect import (
 )
 from mqtt_twisted.handshake import Handshake
 from mqtt_twisted.inputgate import PACKETS_PER_TURN, InputGate, Linger
-from mqtt_twisted.outputbatch import begin, end
 from mqtt_twisted.outputgate import HeldOutput, OutputFlow
 from mqtt_twisted.packets import (
     MQTT_5,
@@ -111,8 +110,6 @@ class MQTTProtocol(OutputFlow, PublishFlow, Protocol):
         self._input: InputGate = None  # type: ignore[assignment]
         #: set while a closing connection discards its input (after a reason code)
         self._linger: Linger | None = None
-        #: bytes written while input is handled, sent together (see outputbatch)
-        self._pending: list[bytes] | None = None
 
     # -- connection lifetime ----------------------------------------------------------
 
@@ -221,7 +218,6 @@ class MQTTProtocol(OutputFlow, PublishFlow, Protocol):
                 listener=self.listener,
                 reason=_short(reason),
             )
-        self.flush_output()  # before the transport closes: the reason code included
         self.transport.unregisterProducer()
         if told and self.transport.connected:
             self._linger = Linger(self.transport, self._clock, self._close)
@@ -287,15 +283,7 @@ class MQTTProtocol(OutputFlow, PublishFlow, Protocol):
             self._input.release(by)
 
     def _handle_input(self) -> None:
-        """Handle buffered packets: at most PACKETS_PER_TURN, and none while held; what
-        that writes to any connection leaves when it returns (see outputbatch)."""
-        begin()
-        try:
-            self._handle_packets()
-        finally:
-            end()
-
-    def _handle_packets(self) -> None:
+        """Handle buffered packets: at most PACKETS_PER_TURN, and none while held."""
         parser = self._parser
         handlers = HANDLERS
         gate = self._input
@@ -357,7 +345,7 @@ class MQTTProtocol(OutputFlow, PublishFlow, Protocol):
         stats.messages_sent += 1
         stats.bytes_sent += len(data)
         if self._held is None:
-            self.emit(data)
+            self.transport.write(data)
         else:
             self._hold_output(data)
 
