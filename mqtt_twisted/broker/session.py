@@ -61,7 +61,7 @@ class Session:
         "awaiting_pubrel", "expiry_call", "delayed_will", "will_call", "dropped", "slow",
         "flow", "identity", "_dropping", "_next_id", "_stats", "_clock", "_config",
         "_max_window", "_window", "_queued_bytes", "_inflight_bytes", "_high", "_high_bytes",
-        "_low", "_low_bytes", "_limit", "journal", "_seq", "protocol_level",
+        "_low", "_low_bytes", "_limit", "journal", "_seq", "_stored_seq", "protocol_level",
     )  # fmt: skip
 
     def __init__(
@@ -101,6 +101,8 @@ class Session:
         #: the protocol level of its latest connection (recorded with it)
         self.protocol_level = 4
         self._seq = 0
+        #: the highest ``seq`` another writer gave a delivery this session holds
+        self._stored_seq = 0
         self._dropping = False
         self._next_id = 1
         self._stats = stats
@@ -162,12 +164,24 @@ class Session:
         origin: Publisher | None = None,
     ) -> None:
         """A QoS 1/2 delivery the store already holds as ``seq`` (in a cluster, written by
-        the publisher's node): sent or queued like any other, never recorded again."""
+        the publisher's node): sent or queued like any other, never recorded again.
+
+        Its writers give ``seq`` in ascending order, so one at or below the highest this
+        session holds is here already (loaded with the session): it is skipped."""
+        if seq <= self._stored_seq:
+            return
+        self._stored_seq = seq
         conn = self.connection
         if conn is not None and not self.queue and len(self.inflight) < self._window:
             self._send_new(conn, message, qos, retain, subscription_ids, None, seq)
             return
         self._enqueue(Queued(message, qos, retain, subscription_ids, None, seq), origin)
+
+    def holds_stored_up_to(self, seq: int) -> None:
+        """Deliveries up to ``seq`` given by another writer are in this session (it was
+        loaded from a store that had counted that far): ``deliver_stored`` skips them."""
+        if seq > self._stored_seq:
+            self._stored_seq = seq
 
     def reserve_seqs(self, below: int) -> None:
         """Deliveries this session records itself get a ``seq`` of at least ``below``

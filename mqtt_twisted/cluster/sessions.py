@@ -8,7 +8,9 @@ sends CONNACK with Session Present. When a node dies, a survivor adopts its pers
 sessions (they go on collecting messages there until their clients come back).
 
 Deliveries stored by publishers' nodes reach the session's node as doorbells; while a
-session is being loaded they wait, and those the loaded copy already holds are skipped.
+session is being loaded they wait, and those the loaded copy already holds are skipped
+(also when they arrive after the load's reply: Redis sends pub/sub messages on another
+connection, so either may come first).
 """
 
 from __future__ import annotations
@@ -98,9 +100,11 @@ class SessionMoves:
         if session is None:
             return  # it expired while nobody held it
         session.reserve_seqs(LOCAL_SEQ_BASE)
+        # doorbells up to loaded.seq are in the snapshot, whether they came before the
+        # load's reply (buffered) or come after it: pub/sub is another connection
+        session.holds_stored_up_to(loaded.seq)
         for bell in buffered:
-            if bell.seq == 0 or bell.seq > loaded.seq:
-                self.doorbell(bell)
+            self.doorbell(bell)
         kicked = self._kicked_while_loading.pop(client_id, None)
         if kicked is not None:
             self.hand_over(client_id, *kicked)

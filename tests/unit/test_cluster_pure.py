@@ -33,6 +33,8 @@ from mqtt_twisted.cluster.wire import (
 )
 from mqtt_twisted.packets import Property as P
 
+from .harness import connected, make_broker
+
 SEP = b"\x00"
 PROPS = {
     P.PAYLOAD_FORMAT_INDICATOR: 1,
@@ -478,3 +480,19 @@ def test_reset_forgets_everything_so_the_next_event_asks_again() -> None:
     assert fake.retained_fetches == 2
     assert fake.applied == []
     assert fake.routes.filters_of("b") == {"a"}  # kept until the snapshot says otherwise
+
+
+def test_a_stored_delivery_the_loaded_session_holds_is_not_sent_again() -> None:
+    """A session loaded from Redis holds the deliveries stored up to the hash's count; a
+    doorbell for one of them may still arrive after the load's reply (pub/sub comes on
+    another connection) and must not deliver it twice: a QoS 2 message exactly once
+    [MQTT-4.3.3-1], no QoS 1 duplicate without DUP."""
+    broker, _ = make_broker()
+    client = connected(broker, "mover", clean_start=False)
+    session = broker.sessions["mover"]
+    session.holds_stored_up_to(7)  # the snapshot held seq 1..7
+    for seq in (6, 7, 8, 9):  # doorbells of seq 6 and 7 arrived late
+        session.deliver_stored(Message("t", str(seq).encode(), 2), 2, False, (), seq)
+    sent = client.received()
+    assert [packet.payload for packet in sent] == [b"8", b"9"]
+    assert [packet.qos for packet in sent] == [2, 2]
