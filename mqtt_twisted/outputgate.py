@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mqtt_twisted.broker.journal import Barrier
+from mqtt_twisted.outputbatch import BATCH
 
 if TYPE_CHECKING:
     from mqtt_twisted.broker import Broker, Session
@@ -75,8 +76,8 @@ class HeldOutput:
 
 class OutputFlow:
     """When a connection writes: paused by its transport (IPushProducer: a full socket
-    buffer) or held until a commit. A mixin of the one protocol class, which keeps the
-    state declared below."""
+    buffer), held until a commit, or collected while input is handled (outputbatch). A
+    mixin of the one protocol class, which keeps the state declared below."""
 
     broker: Broker
     session: Session | None
@@ -85,6 +86,7 @@ class OutputFlow:
     paused_at: float
     _transport_paused: bool
     _held: HeldOutput | None
+    _pending: list[bytes] | None
     _ended: bool
     _clock: Any
 
@@ -113,6 +115,28 @@ class OutputFlow:
         self._transport_paused = True
         self.paused = True
 
+    # -- writing: at once, or with the rest of what input handling writes -----------------
+
+    def emit(self, data: bytes) -> None:
+        """Write bytes now, or with the rest of this turn's output while input is
+        handled (see outputbatch): in order either way."""
+        if not BATCH.depth:
+            self.transport.write(data)
+            return
+        pending = self._pending
+        if pending is None:
+            self._pending = [data]
+            BATCH.waiting.append(self)
+        else:
+            pending.append(data)
+
+    def flush_output(self) -> None:
+        """Send what was collected while input was handled."""
+        pending = self._pending
+        if pending is not None:
+            self._pending = None
+            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
     # -- output that waits for the store --------------------------------------------------
 
     def await_commit(self) -> None:
@@ -131,7 +155,7 @@ class OutputFlow:
             return
         held = self._held
         if held is None:
-            held = self._held = HeldOutput(self.transport.write, self._output_committed)
+            held = self._held = HeldOutput(self.emit, self._output_committed)
             if not self.paused:
                 self.paused = True
                 self.paused_at = self._clock.seconds()

@@ -26,6 +26,7 @@ from mqtt_twisted.connect import (
 )
 from mqtt_twisted.handshake import Handshake
 from mqtt_twisted.inputgate import PACKETS_PER_TURN, InputGate, Linger
+from mqtt_twisted.outputbatch import begin, end
 from mqtt_twisted.outputgate import HeldOutput, OutputFlow
 from mqtt_twisted.packets import (
     MQTT_5,
@@ -110,6 +111,8 @@ class MQTTProtocol(OutputFlow, PublishFlow, Protocol):
         self._input: InputGate = None  # type: ignore[assignment]
         #: set while a closing connection discards its input (after a reason code)
         self._linger: Linger | None = None
+        #: bytes written while input is handled, sent together (see outputbatch)
+        self._pending: list[bytes] | None = None
 
     # -- connection lifetime ----------------------------------------------------------
 
@@ -218,6 +221,7 @@ class MQTTProtocol(OutputFlow, PublishFlow, Protocol):
                 listener=self.listener,
                 reason=_short(reason),
             )
+        self.flush_output()  # before the transport closes: the reason code included
         self.transport.unregisterProducer()
         if told and self.transport.connected:
             self._linger = Linger(self.transport, self._clock, self._close)
@@ -283,7 +287,15 @@ class MQTTProtocol(OutputFlow, PublishFlow, Protocol):
             self._input.release(by)
 
     def _handle_input(self) -> None:
-        """Handle buffered packets: at most PACKETS_PER_TURN, and none while held."""
+        """Handle buffered packets: at most PACKETS_PER_TURN, and none while held; what
+        that writes to any connection leaves when it returns (see outputbatch)."""
+        begin()
+        try:
+            self._handle_packets()
+        finally:
+            end()
+
+    def _handle_packets(self) -> None:
         parser = self._parser
         handlers = HANDLERS
         gate = self._input
@@ -345,7 +357,7 @@ class MQTTProtocol(OutputFlow, PublishFlow, Protocol):
         stats.messages_sent += 1
         stats.bytes_sent += len(data)
         if self._held is None:
-            self.transport.write(data)
+            self.emit(data)
         else:
             self._hold_output(data)
 

@@ -51,6 +51,9 @@ class PublishFlow:
     def await_barrier(self, barrier: Barrier) -> None:
         raise NotImplementedError
 
+    def emit(self, data: bytes) -> None:
+        raise NotImplementedError
+
     def encode_publish(
         self,
         message: Message,
@@ -83,18 +86,18 @@ class PublishFlow:
         stats.messages_sent += 1
         if packet_id is None:  # QoS 0: head + tail (tail empty unless forwarded as received)
             stats.bytes_sent += len(head) + len(tail)
-            if self._held is not None:
-                self._hold_output(head + tail if tail else head)
-            elif tail:
-                self.transport.writeSequence((head, tail))
+            data = head + tail if tail else head
+            if self._held is None:
+                self.emit(data)
             else:
-                self.transport.write(head)
+                self._hold_output(data)
         else:
             stats.bytes_sent += len(head) + 2 + len(tail)
+            data = head + packet_id.to_bytes(2, "big") + tail
             if self._held is None:
-                self.transport.writeSequence((head, packet_id.to_bytes(2, "big"), tail))
+                self.emit(data)
             else:
-                self._hold_output(head + packet_id.to_bytes(2, "big") + tail)
+                self._hold_output(data)
 
     def _journal_changes(self) -> int:
         """A number that changes whenever durable state is recorded (0 without a store)."""
