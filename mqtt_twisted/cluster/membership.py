@@ -81,6 +81,7 @@ class Membership:
     _startup: list[Deferred[Any]] | None
     _totals: dict[bytes, int]
     _echoes: dict[tuple[bytes, int], Deferred[object]]
+    _heard_up_to: dict[bytes, int]
     holds: Holds
 
     def _on_message(self, channel: bytes, data: bytes) -> None:
@@ -355,6 +356,7 @@ class Membership:
         self._last = None
         self._renewing = None
         self._echoes.clear()  # never heard: what waits for them is dropped with its client
+        self._heard_up_to.clear()
         self.holds.clear()
         for connection in (self._redis, self._subscriber):
             if connection is not None:

@@ -134,6 +134,8 @@ class ClusterNode(Membership):
         self.holds = Holds()
         #: own route events awaited (SUBACK waits for them), by kind and number
         self._echoes: dict[tuple[bytes, int], Deferred[object]] = {}
+        #: the highest number heard of each kind: an echo may come before the reply
+        self._heard_up_to: dict[bytes, int] = {}
         #: the cluster's totals, summed from every node's figures in Redis
         self._totals: dict[bytes, int] = {}
 
@@ -300,11 +302,15 @@ class ClusterNode(Membership):
         connection got it then, so SUBACK is sent once the others (practically) know."""
         if seq is FAILED:
             return FAILED
+        if int(seq) <= self._heard_up_to.get(kind, 0):  # type: ignore[call-overload]
+            return None  # heard already: pub/sub comes on another connection than replies
         heard: Deferred[object] = Deferred()
         self._echoes[(kind, int(seq))] = heard  # type: ignore[call-overload]
         return heard
 
     def _heard(self, kind: bytes, seq: int) -> None:
+        if seq > self._heard_up_to.get(kind, 0):
+            self._heard_up_to[kind] = seq
         heard = self._echoes.pop((kind, seq), None)
         if heard is not None:
             heard.callback(None)
@@ -414,8 +420,7 @@ class ClusterNode(Membership):
         elif kind == SESSION_ROUTE or kind == SESSION_UNROUTE:
             event = unpack_session_route_event(data)
             self.replica.session_route_event(event)
-            if self._echoes:
-                self._heard(b"P", event.seq)
+            self._heard(b"P", event.seq)
         else:
             route = unpack_route_event(data)
             if route.node == self.node_id:

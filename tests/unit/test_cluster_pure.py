@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import attrs
 import pytest
+from twisted.internet.defer import Deferred
 
 from mqtt_twisted.broker.entries import SubscriptionOptions
 from mqtt_twisted.broker.message import Message
+from mqtt_twisted.cluster.address import RedisAddress
+from mqtt_twisted.cluster.node import ClusterNode
 from mqtt_twisted.cluster.replica import Replica
 from mqtt_twisted.cluster.routes import RemoteRoutes
 from mqtt_twisted.cluster.wire import (
@@ -496,3 +499,25 @@ def test_a_stored_delivery_the_loaded_session_holds_is_not_sent_again() -> None:
     sent = client.received()
     assert [packet.payload for packet in sent] == [b"8", b"9"]
     assert [packet.qos for packet in sent] == [2, 2]
+
+
+@pytest.mark.parametrize("echo_first", [False, True], ids=["reply-first", "echo-first"])
+def test_suback_waits_for_the_own_route_event_in_whichever_order_redis_sends_it(
+    echo_first: bool,
+) -> None:
+    """SUBACK waits until the node heard its own route event (the other nodes have it
+    then). The script's reply and the event come on two connections, so the event may
+    come first; SUBACK must not then wait for it forever (it did: a test saw no SUBACK)."""
+    broker, clock = make_broker()
+    node = ClusterNode(clock, broker, RedisAddress.parse("redis://127.0.0.1:6379"), "n1")
+    event = b"S5" + SEP + b"n1" + SEP + b"site/#"  # as the route script publishes it
+    heard = []
+    if echo_first:
+        node._on_message(node.keys.all.encode(), event)
+    waiting = Deferred()
+    waiting.addCallback(node._echo, b"S").addCallback(heard.append)
+    waiting.callback(5)  # the script's reply: the route event number
+    if not echo_first:
+        assert heard == []  # not before the event is heard
+        node._on_message(node.keys.all.encode(), event)
+    assert heard == [None]
