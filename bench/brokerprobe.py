@@ -135,9 +135,10 @@ def mib(n: float) -> float:
     return n / (1 << 20)
 
 
-def stop_broker(broker, timeout: float = 60.0) -> tuple[float, int | None]:
-    """SIGTERM, then wait up to ``timeout`` s (killed after): seconds taken, exit status."""
-    p = broker.process
+def stop_process(p: subprocess.Popen | None, timeout: float) -> tuple[float, int | None]:
+    """SIGTERM, then SIGKILL if it is still there after ``timeout`` seconds. Returns the
+    seconds it took to exit after SIGTERM (NaN when killed, 0 when it was gone already)
+    and its exit status."""
     if p is None or p.poll() is not None:
         return 0.0, None if p is None else p.returncode
     began = time.monotonic()
@@ -149,6 +150,11 @@ def stop_broker(broker, timeout: float = 60.0) -> tuple[float, int | None]:
         p.wait(5)
         return float("nan"), p.returncode
     return time.monotonic() - began, p.returncode
+
+
+def stop_broker(broker, timeout: float = 60.0) -> tuple[float, int | None]:
+    """SIGTERM, then wait up to ``timeout`` s (killed after): seconds taken, exit status."""
+    return stop_process(broker.process, timeout)
 
 
 #: lines of a broker's log that deserve a look (errors, tracebacks, warnings)

@@ -22,7 +22,6 @@ import json
 import os
 import resource
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -41,6 +40,7 @@ import gen  # noqa: E402
 import overload  # noqa: E402
 import persistence  # noqa: E402
 import restart  # noqa: E402
+from brokerprobe import stop_process  # noqa: E402
 from gen import FAILED, GO, STOP  # noqa: E402
 from harness import Offset, Run, ctx, settle  # noqa: E402
 
@@ -85,18 +85,6 @@ def rss_kib(pid: int) -> int:
 
 
 # -- brokers -------------------------------------------------------------------------
-
-
-def stop_process(p: subprocess.Popen | None, timeout: float) -> None:
-    """SIGTERM, then SIGKILL if it is still there after ``timeout`` seconds."""
-    if p is None or p.poll() is not None:
-        return
-    p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(timeout)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait(5)
 
 
 class Broker:
