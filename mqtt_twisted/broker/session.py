@@ -19,7 +19,7 @@ from mqtt_twisted.broker.entries import (
     SessionConnection,
     SubscriptionOptions,
 )
-from mqtt_twisted.broker.flow import LAG, FlowWatch
+from mqtt_twisted.broker.flow import FlowWatch, SessionFlow
 from mqtt_twisted.broker.hooks import ClientIdentity
 from mqtt_twisted.broker.message import Message
 
@@ -45,7 +45,7 @@ LOW_WATER_PERCENT = 90
 HARD_LIMIT_FACTOR = 2
 
 
-class Session:
+class Session(SessionFlow):
     """State of one client id, connected or not.
 
     Flow control (see README, "Flow control"): while connected, a session whose queue
@@ -53,13 +53,14 @@ class Session:
     is paused, so TCP slows their clients) until the queue drains to the low-water mark. If
     it stays full for ``slow_client_grace`` seconds the client counts as slow: the
     publishers are released, and what does not fit in its queue is dropped and counted
-    until its queue is empty again. Offline sessions drop what does not fit at once.
+    until its queue is empty again (those methods: :class:`SessionFlow`). Offline sessions
+    drop what does not fit at once.
     """
 
     __slots__ = (
         "client_id", "expiry_interval", "subscriptions", "connection", "inflight", "queue",
-        "awaiting_pubrel", "expiry_call", "delayed_will", "will_call", "dropped", "slow",
-        "flow", "identity", "_dropping", "_next_id", "_stats", "_clock", "_config",
+        "awaiting_pubrel", "expiry_call", "delayed_will", "will_call", "dropped",
+        "identity", "_next_id", "_stats", "_clock", "_config",
         "_max_window", "_window", "_queued_bytes", "_inflight_bytes", "_high", "_high_bytes",
         "_low", "_low_bytes", "_limit", "journal", "_seq", "_stored_seq", "protocol_level",
     )  # fmt: skip
@@ -341,80 +342,6 @@ class Session:
                 size=self._queued_bytes,
                 dropped=self.dropped,
             )
-
-    # -- flow control ---------------------------------------------------------------
-
-    def _hold(self, origin: Publisher | None) -> None:
-        """The queue is full: hold the publisher back, and watch whether the client lags."""
-        grace = self._config.slow_client_grace
-        if grace <= 0:
-            self._become_slow()
-            return
-        flow = self.flow
-        if flow is None:
-            flow = self.flow = FlowWatch(self._clock, grace, self._client_lags, self._become_slow)
-        reader = origin.connection if origin is not None else None
-        if reader is not None and reader not in flow.holding:
-            flow.holding.add(reader)
-            reader.hold_input(self)
-
-    def _client_lags(self, now: float) -> bool:
-        """Whether the broker is waiting on the client: its socket buffer full, or its window
-        full with the oldest message unacknowledged, for longer than LAG."""
-        conn = self.connection
-        if conn is None:
-            return False
-        if conn.paused and now - conn.paused_at >= LAG:
-            return True
-        inflight = self.inflight
-        if inflight and len(inflight) >= self._window:
-            oldest = next(iter(inflight.values()))
-            return now - oldest.sent_at >= LAG
-        return False
-
-    def _become_slow(self) -> None:
-        """It made its publishers wait for the grace time: release them, drop what does not
-        fit in its queue from now on."""
-        if self.slow:
-            return
-        self.slow = True
-        self._stats.clients_slow += 1
-        log.warn(
-            "client {client_id} is slower than its publishers (held them {grace:g} s): they "
-            "are no longer held back for it and messages beyond its queue are dropped",
-            client_id=self.client_id,
-            grace=self._config.slow_client_grace,
-        )
-        flow, self.flow = self.flow, None
-        if flow is not None:
-            flow.stop(self)
-
-    def _caught_up(self) -> None:
-        """The queue is empty (or the connection ended): nothing held, no longer slow. Only
-        an empty queue ends slowness, so a subscriber that stays behind cannot hold its
-        publishers again at every dip."""
-        flow, self.flow = self.flow, None
-        if flow is not None:
-            flow.stop(self)
-        self._dropping = False
-        if self.slow:
-            self.slow = False
-            self._stats.clients_slow -= 1
-            log.info(
-                "client {client_id} caught up ({dropped} messages dropped for it so far)",
-                client_id=self.client_id,
-                dropped=self.dropped,
-            )
-
-    def forget_reader(self, reader: SessionConnection) -> None:
-        """A held publisher's connection ended."""
-        if self.flow is not None:
-            self.flow.holding.discard(reader)
-
-    def _end_flow_control(self) -> None:
-        """The connection ended: nothing is held for an offline session."""
-        if self.flow is not None or self.slow:
-            self._caught_up()
 
     def drain(self) -> None:
         """Move queued messages to the client while its window and buffer allow, in order."""
