@@ -9,7 +9,9 @@ once when the outermost input handling returns: the same bytes, in the same orde
 the same reactor turn, with one transport call per connection instead of one per packet.
 
 Outside input handling (timers, commits, a transport asking for more) writes go straight
-to the transport, so nothing waits for a turn that may not come.
+to the transport, so nothing waits for a turn that may not come. A socket transport is
+asked to send what was collected at once (see ``OutputFlow.flush_output``), not on the
+reactor's next turn.
 """
 
 from __future__ import annotations

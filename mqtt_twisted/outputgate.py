@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.abstract import FileDescriptor
+
 from mqtt_twisted.broker.journal import Barrier
 from mqtt_twisted.outputbatch import BATCH
 
@@ -131,11 +133,27 @@ class OutputFlow:
             pending.append(data)
 
     def flush_output(self) -> None:
-        """Send what was collected while input was handled."""
+        """Send what was collected while input was handled.
+
+        A socket transport (TCP, Unix) is asked to send it at once rather than on the
+        reactor's next turn: one system call and one turn fewer per burst, so a message
+        reaches its subscribers sooner. What the socket does not take stays buffered and
+        the reactor sends it when it can, as always. A closing transport is left to the
+        reactor, which finishes the close once its buffer is empty."""
         pending = self._pending
         if pending is not None:
             self._pending = None
-            self.transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            transport = self.transport
+            transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+            if (
+                isinstance(transport, FileDescriptor)
+                and transport.connected
+                and not transport.disconnecting
+                and not self._ended
+            ):
+                # None, or an error the reactor sees too: the transport is still
+                # registered for writing, and its next doWrite ends the connection.
+                transport.doWrite()
 
     # -- output that waits for the store --------------------------------------------------
 
