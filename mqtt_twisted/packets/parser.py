@@ -8,7 +8,7 @@ from .constants import MQTT_5, PacketType, ReasonCode
 from .decode import DECODERS
 from .errors import PacketError, PacketTooLarge
 from .properties import decode_properties
-from .types import Publish
+from .types import PubAck, Publish
 from .wire import Reader, malformed
 
 __all__ = ["Parser"]
@@ -195,6 +195,12 @@ class Parser:
                     raise self._type_error(b0)
                 if avail < 2:
                     return None
+                if b0 == 0x40 and buf[pos + 1] == 2 and avail >= 4:
+                    # PUBACK fast path: one per QoS 1 message a subscriber receives
+                    acked = (buf[pos + 2] << 8) | buf[pos + 3]
+                    if acked:  # else the decoder below reports it [MQTT-2.3.1-1]
+                        self._pos = pos + 4
+                        return PubAck(acked, 0, {})
                 # Remaining length: variable byte integer of at most 4 bytes [MQTT-1.5.5-1].
                 b = buf[pos + 1]
                 if b < 0x80:
