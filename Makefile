@@ -22,9 +22,19 @@ $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP_INSTALL) -e '.[test]' $(EDITABLE)
 	touch $@
 
-install: $(VENV)/.installed
+$(VENV)/.installed-speedups: $(VENV)/.installed
+	$(PIP_INSTALL) -e '.[speedups]' $(EDITABLE)
+	touch $@
 
-install-test: $(VENV)/.installed-test
+# The packet parser compiled with mypyc (pure Python without a C compiler); rebuilt when
+# parser.py changes, and never used for a parser.py it was not built from.
+$(VENV)/.speedups: $(VENV)/.installed-speedups mqtt_twisted/packets/parser.py tools/build_speedups.py
+	$(BIN)/python tools/build_speedups.py
+	touch $@
+
+install: $(VENV)/.installed $(VENV)/.speedups
+
+install-test: $(VENV)/.installed-test $(VENV)/.speedups
 
 $(VENV)/.installed-check: $(VENV)/.installed
 	$(PIP_INSTALL) -e '.[check]' $(EDITABLE)
@@ -58,4 +68,4 @@ bench-deps: install
 	$(PIP_INSTALL) py-spy
 
 clean:
-	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache
+	rm -rf $(VENV) build *.egg-info twisted/plugins/dropin.cache mqtt_twisted/packets/_parser_compiled*.so

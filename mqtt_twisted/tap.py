@@ -23,6 +23,7 @@ from mqtt_twisted.broker.systopics import SysTopics
 from mqtt_twisted.cluster.service import CLUSTER_OPTIONS, cluster_service
 from mqtt_twisted.exposure import exposure_error
 from mqtt_twisted.logs import JSONLineObserver
+from mqtt_twisted.packets.speedups import parser_implementation
 from mqtt_twisted.passwords import PasswordFileChecker, PasswordFileError
 from mqtt_twisted.protocol import MQTTFactory
 from mqtt_twisted.storeservice import open_store_service
@@ -595,5 +596,9 @@ def makeService(options: Options, reactor=None) -> MultiService:
     if options["sys-interval"] > 0:
         SysTopicsService(SysTopics(broker, options["sys-interval"])).setServiceParent(service)
     ReloadOnHangup(security.reload).setServiceParent(service)
-    log.info("mqtt-twisted {version} starting", version=__version__)
+    log.info(
+        "mqtt-twisted {version} starting (packet parser: {parser})",
+        version=__version__,
+        parser=parser_implementation(),
+    )
     return service

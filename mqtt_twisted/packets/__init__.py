@@ -23,6 +23,7 @@ from .constants import (
 from .encode import encode, encode_publish_parts
 from .errors import PacketError, PacketTooLarge, UnsupportedProtocolVersion
 from .parser import Parser
+from .speedups import compiled_parser
 from .types import (
     Auth,
     ConnAck,
@@ -79,3 +80,6 @@ __all__ = [
     "encode_varint",
     "Parser",
 ]
+
+#: the compiled parser when built for this source (see speedups), else the pure one
+Parser = compiled_parser() or Parser  # type: ignore[misc]

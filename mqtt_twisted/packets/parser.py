@@ -121,7 +121,7 @@ class Parser:
         """Bytes received and not yet returned as packets (part of a packet, or more)."""
         return len(self._buf) - self._pos
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes (any chunking)."""
         if not data or self._error is not None:
             return
