@@ -198,7 +198,9 @@ class Parser:
                 if b0 == 0x40 and buf[pos + 1] == 2 and avail >= 4:
                     # PUBACK fast path: one per QoS 1 message a subscriber receives
                     acked = (buf[pos + 2] << 8) | buf[pos + 3]
-                    if acked:  # else the decoder below reports it [MQTT-2.3.1-1]
+                    limit = self.max_packet_size
+                    # packet id 0 and a limit below 4 bytes: reported below [MQTT-2.3.1-1]
+                    if acked and (limit is None or limit >= 4):
                         self._pos = pos + 4
                         return PubAck(acked, 0, {})
                 # Remaining length: variable byte integer of at most 4 bytes [MQTT-1.5.5-1].

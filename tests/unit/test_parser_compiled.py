@@ -101,3 +101,14 @@ def test_a_puback_burst_parses_alike_at_every_level():
     for level in (4, MQTT_5):
         wire = b"".join(b"\x40\x02" + i.to_bytes(2, "big") for i in range(1, 300))
         both(level, False, None, [wire, b"\x40\x02\x00\x00"])
+
+
+def test_a_puback_over_the_maximum_packet_size_is_refused_alike():
+    """A 4-byte PUBACK to a parser whose Maximum Packet Size is 3 bytes: too large, by both
+    parsers (the fast path does not skip the limit)."""
+    for parser_class in (PureParser, COMPILED):
+        parser = parser_class(4, 3)
+        parser.feed(b"\x40\x02\x00\x01")
+        with pytest.raises(PacketError) as error:
+            parser.next_packet()
+        assert error.value.reason_code == 0x95  # Packet too large
