@@ -35,6 +35,7 @@ class Node:
         self.direct = direct
         self.ready = ready
         self.process: subprocess.Popen | None = None
+        self._started_once = False
 
     def start(self) -> Node:
         """Start (again on the same ports once it has started before)."""
@@ -68,10 +69,46 @@ class Node:
         return self
 
     def wait_ready(self) -> Node:
+        """Wait until the node serves. On its first start, ports taken between
+        ``free_port`` and the node binding them (by another process's outgoing
+        connection, say) are replaced and the node started again, twice at most."""
+        for _attempt in range(2):
+            if self._started_once or not self._lost_its_ports():
+                break
+            self.port = 0
+            self.launch()
+        self._wait_started()
+        self._started_once = True
+        return self
+
+    def _lost_its_ports(self) -> bool:
+        """Whether the process ended at once because a port was already in use."""
+        process = self.process
+        assert process is not None
         deadline = time.monotonic() + START_TIMEOUT
+        while process.poll() is None and time.monotonic() < deadline:
+            log = self.log()
+            if "Address already in use" in log:
+                break
+            if all(line in log for line in self._listening_lines()):
+                return False
+            time.sleep(0.05)
+        if "Address already in use" not in self.log():
+            return False
+        if process.poll() is None:
+            process.kill()
+        process.wait(10)
+        return True
+
+    def _listening_lines(self) -> list[str]:
         lines = [f"listening on 127.0.0.1:{self.port}"]
         if self.direct:
             lines.append(f"listening on 127.0.0.1:{self.direct_port}")
+        return lines
+
+    def _wait_started(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        lines = self._listening_lines()
         if self.ready:
             lines.append(self.ready)
         process = self.process
@@ -79,7 +116,7 @@ class Node:
         while process.poll() is None and time.monotonic() < deadline:
             log = self.log()
             if all(line in log for line in lines):
-                return self
+                return
             time.sleep(0.05)
         if process.poll() is None:
             process.kill()
