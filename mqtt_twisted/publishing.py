@@ -37,21 +37,14 @@ class PublishFlow:
     _hooks: Hooks
     _inbound_aliases: InboundAliases | None
     _outbound_aliases: OutboundAliases | None
-    _held: Any
 
     def _write(self, data: bytes) -> None:
-        raise NotImplementedError
-
-    def _hold_output(self, data: bytes) -> None:
         raise NotImplementedError
 
     def await_commit(self) -> None:
         raise NotImplementedError
 
     def await_barrier(self, barrier: Barrier) -> None:
-        raise NotImplementedError
-
-    def emit(self, data: bytes) -> None:
         raise NotImplementedError
 
     def encode_publish(
@@ -82,22 +75,10 @@ class PublishFlow:
 
     def write_publish(self, head: bytes, packet_id: int | None, tail: bytes) -> None:
         """Write one pre-encoded PUBLISH (see :meth:`Message.parts`)."""
-        stats = self._stats
-        stats.messages_sent += 1
         if packet_id is None:  # QoS 0: head + tail (tail empty unless forwarded as received)
-            stats.bytes_sent += len(head) + len(tail)
-            data = head + tail if tail else head
-            if self._held is None:
-                self.emit(data)
-            else:
-                self._hold_output(data)
+            self._write(head + tail if tail else head)
         else:
-            stats.bytes_sent += len(head) + 2 + len(tail)
-            data = head + packet_id.to_bytes(2, "big") + tail
-            if self._held is None:
-                self.emit(data)
-            else:
-                self._hold_output(data)
+            self._write(head + packet_id.to_bytes(2, "big") + tail)
 
     def _journal_changes(self) -> int:
         """A number that changes whenever durable state is recorded (0 without a store)."""
